@@ -1,0 +1,136 @@
+"""The shapes of registry entries: checkpoints, components, families, routes and app groups.
+
+Pure data, no imports of torch, diffusers or any other stage of ours: api/, export/, model_repository/ and perf/
+all read these, so each fact about a route or a model lives here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Task(str, Enum):
+    TEXT_TO_IMAGE = "text_to_image"
+
+
+class Guidance(str, Enum):
+    """How a checkpoint uses the route's `cfg` knob (api.md, "Routes")."""
+
+    # Distilled without guidance (FLUX-schnell): no guidance at cfg <= 1, true CFG against negative_prompt above.
+    NONE_OR_TRUE_CFG = "none_or_true_cfg"
+    # Guidance-distilled (FLUX-dev): cfg is fed to the transformer's guidance embedding; one pass per step.
+    DISTILLED = "distilled"
+    # True classifier-free guidance (Qwen-Image, Wan, SDXL): two passes per step.
+    TRUE_CFG = "true_cfg"
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A symbolic tensor dimension with the range its engines must cover (min <= opt <= max)."""
+
+    name: str
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named input or output; `dims` hold ints (fixed) or Dim names (dynamic)."""
+
+    name: str
+    dtype: str  # Triton dtype name without the TYPE_ prefix: FP32, INT64, INT32, UINT8, BYTES
+    dims: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A diffusers checkpoint: where production loads it and which tiny builder stands in for it here."""
+
+    key: str
+    hub_id: str
+    # A 40-hex commit SHA once pinned; "main" marks an entry not yet pinned, which the hub loader refuses.
+    revision: str
+    family: str
+    tiny: str  # name of the tiny random-weight builder in checkpoints/tiny.py
+    guidance: Guidance
+    max_sequence_length: int  # the text encoder's token limit for a prompt
+
+
+@dataclass(frozen=True)
+class Component:
+    """One heavy module of a pipeline, served as its own Triton model.
+
+    `checkpoints` lists every checkpoint whose subfolder holds this exact module; the first one is exported and the
+    others must carry identical weights (export/ checks the content hash), so FLUX-dev and -schnell share one T5.
+    """
+
+    triton_model: str
+    role: str  # the pipeline attribute the proxy replaces: text_encoder, text_encoder_2, transformer, vae
+    subfolder: str  # diffusers subfolder in the checkpoint
+    exporter: str  # the export/ adapter that wraps it for ONNX
+    checkpoints: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # backend per serving profile; TensorRT plans slot in for "gpu" in a later issue
+    backends: tuple[tuple[str, str], ...] = (("cpu", "onnxruntime"), ("gpu", "tensorrt"))
+    precision: str = "bf16"
+
+    def backend(self, profile: str) -> str:
+        return dict(self.backends)[profile]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline_class: str  # the diffusers pipeline class the pipeline model wraps
+    triton_pipeline: str
+    components: tuple[Component, ...]
+    dims: tuple[Dim, ...]  # the ranges of every symbolic dim its components use
+
+    def dim(self, name: str) -> Dim:
+        return next(d for d in self.dims if d.name == name)
+
+    def components_for(self, checkpoint: str) -> dict[str, Component]:
+        """role -> component serving that role for this checkpoint."""
+        return {c.role: c for c in self.components if checkpoint in c.checkpoints}
+
+
+@dataclass(frozen=True)
+class Limits:
+    min_size: int = 256
+    max_size: int = 2048
+    size_multiple: int = 16
+    max_steps: int = 100
+    max_prompt_chars: int = 4000
+    max_num_images: int = 4
+    min_cfg: float = 0.0
+    max_cfg: float = 20.0
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    group: str
+    checkpoint: str
+    task: Task
+    steps: int
+    cfg: float
+    width: int
+    height: int
+    summary: str
+    limits: Limits = field(default_factory=Limits)
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class AppGroup:
+    """A Modal container's worth of routes: one Triton + one api/ per group."""
+
+    name: str
+    gpu: str = "H100"
+    max_concurrency: int = 1  # generations sent to Triton at once
+    max_queue: int = 8  # waiting requests beyond which the group answers 429
+    scaledown_window_s: int = 300
+    startup_timeout_s: int = 1200
