@@ -7,14 +7,14 @@ all read these, so each fact about a route or a model lives here once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     TEXT_TO_IMAGE = "text_to_image"
 
 
-class Guidance(str, Enum):
+class Guidance(StrEnum):
     """How a checkpoint uses the route's `cfg` knob (api.md, "Routes")."""
 
     # Distilled without guidance (FLUX-schnell): no guidance at cfg <= 1, true CFG against negative_prompt above.
