@@ -10,6 +10,8 @@ _FLUX_BOTH = ("flux-dev", "flux-schnell")
 FLUX = Family(
     name="flux",
     pipeline_class="FluxPipeline",
+    task=Task.TEXT_TO_IMAGE,
+    prompt_tokenizer="tokenizer_2",
     triton_pipeline="flux_pipeline",
     dims=(
         Dim("batch", 1, 1, 4),

@@ -85,6 +85,9 @@ class Component:
 class Family:
     name: str
     pipeline_class: str  # the diffusers pipeline class the pipeline model wraps
+    task: Task  # what its pipeline model does; fixes the pipeline model's inputs (PIPELINE_INPUTS)
+    # the tokenizer whose token count Checkpoint.max_sequence_length bounds (FLUX: T5's, CLIP truncates at 77)
+    prompt_tokenizer: str
     triton_pipeline: str
     components: tuple[Component, ...]
     dims: tuple[Dim, ...]  # the ranges of every symbolic dim its components use
