@@ -1,0 +1,86 @@
+"""config.pbtxt for every Triton model, generated from the registry, per serving profile.
+
+Profiles: "cpu" (this machine, CI, `make serve`): every model on the python backend with KIND_CPU, components run by
+ONNX Runtime. "gpu" (the H100): KIND_GPU; components whose registry backend is "tensorrt" become TensorRT plans keyed
+by GPU compute capability so a plan never loads on a GPU it was not built for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from registry import Component, Family, TensorSpec
+
+PROFILES = ("cpu", "gpu")
+# Compute capability -> plan file, for the GPUs we serve on (H100 = 9.0). Issue 6 names plans by TensorRT version.
+PLAN_FILES = {"9.0": "model.sm90.plan"}
+
+
+def _dims(spec: TensorSpec) -> str:
+    return ", ".join(str(d) if isinstance(d, int) else "-1" for d in spec.dims)
+
+
+def _tensors(kind: str, specs: Iterable[TensorSpec], optional: frozenset[str] = frozenset()) -> str:
+    rows = []
+    for s in specs:
+        opt = " optional: true" if s.name in optional else ""
+        rows.append(f'  {{ name: "{s.name}" data_type: TYPE_{s.dtype} dims: [ {_dims(s)} ]{opt} }}')
+    return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
+
+
+def _parameters(params: Mapping[str, str]) -> str:
+    rows = [f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(params.items())]
+    return "parameters [\n" + ",\n".join(rows) + "\n]\n" if rows else ""
+
+
+def _instance_group(profile: str) -> str:
+    kind = "KIND_GPU" if profile == "gpu" else "KIND_CPU"
+    return f"instance_group [ {{ count: 1 kind: {kind} }} ]\n"
+
+
+def _header(name: str, backend_line: str) -> str:
+    # Diffusion tensors carry their own batch dim (max_batch_size 0, full dims); one explicit version.
+    return f'name: "{name}"\n{backend_line}\nmax_batch_size: 0\nversion_policy: {{ specific: {{ versions: [ 1 ] }} }}\n'
+
+
+def component_config(component: Component, profile: str, params: Mapping[str, str] | None = None) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    backend = component.backend(profile)
+    if backend == "tensorrt":
+        head = _header(component.triton_model, 'platform: "tensorrt_plan"')
+        head += (
+            "cc_model_filenames [\n"
+            + ",\n".join(f'  {{ key: "{cc}" value: "{f}" }}' for cc, f in PLAN_FILES.items())
+            + "\n]\n"
+        )
+    else:
+        head = _header(component.triton_model, 'backend: "python"')
+    # The CPU profile runs float32 ONNX; reduced precision is a GPU matter.
+    precision = component.precision if profile == "gpu" else "fp32"
+    all_params = {"runtime": backend, "precision": precision, **(params or {})}
+    return (
+        head
+        + _tensors("input", component.inputs)
+        + _tensors("output", component.outputs)
+        + _instance_group(profile)
+        + _parameters(all_params)
+    )
+
+
+def pipeline_config(
+    family: Family,
+    inputs: Iterable[TensorSpec],
+    outputs: Iterable[TensorSpec],
+    profile: str,
+    params: Mapping[str, str],
+) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    return (
+        _header(family.triton_pipeline, 'backend: "python"')
+        + _tensors("input", inputs)
+        + _tensors("output", outputs)
+        + _instance_group(profile)
+        + _parameters({"family": family.name, "profile": profile, **params})
+    )

@@ -1,0 +1,67 @@
+"""Triton python-backend model for a family's pipeline: decodes request tensors, runs the stock diffusers pipeline
+whose heavy modules call the component models by BLS, and answers images plus the serving checkpoint's label."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from registry import SOURCE_PARAMETER_PREFIX
+
+from .bls import BlsClient
+from .pipelines import InvalidRequest, TextToImagePipelines, TextToImageRequest
+
+
+def _scalar(request: object, name: str) -> object:
+    value = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else value.item()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        keys = [k for k in params["checkpoints"].split(",") if k]
+        # The pipeline's own work (scheduler, packing, post-processing) is light; the cores belong to the components.
+        torch.set_num_threads(1)
+        self.pipelines = TextToImagePipelines(
+            family=params["family"],
+            checkpoint_dirs={k: params[f"checkpoint_dir.{k}"] for k in keys},
+            labels={k: params[SOURCE_PARAMETER_PREFIX + k] for k in keys},
+            client=BlsClient(),
+        )
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                images, label, seconds = self.pipelines(
+                    TextToImageRequest(
+                        checkpoint=str(_scalar(request, "CHECKPOINT")),
+                        prompt=str(_scalar(request, "PROMPT")),
+                        negative_prompt=str(_scalar(request, "NEGATIVE_PROMPT")),
+                        width=int(_scalar(request, "WIDTH")),
+                        height=int(_scalar(request, "HEIGHT")),
+                        steps=int(_scalar(request, "STEPS")),
+                        cfg=float(_scalar(request, "CFG")),
+                        seed=int(_scalar(request, "SEED")),
+                        num_images=int(_scalar(request, "NUM_IMAGES")),
+                    )
+                )
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor("IMAGES", images),
+                            pb_utils.Tensor("MODEL", np.array([label.encode()], dtype=np.object_)),
+                            pb_utils.Tensor("PIPELINE_S", np.array([seconds], dtype=np.float32)),
+                        ]
+                    )
+                )
+            except InvalidRequest as exc:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+            except Exception as exc:  # reported to the caller as an internal error, the model stays up
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"pipeline failed: {exc!r}")))
+        return responses

@@ -1,0 +1,79 @@
+"""`make serve`: tiny checkpoints, exported components, Triton on 8000/8001/8002, the API on 127.0.0.1:8080.
+
+Ctrl-C stops the API, then Triton (which unloads its models), and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .local import REPO_ROOT, BuildDirs, build_local_repository
+from .triton_server import Ports, TritonServer
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--build-dir", default=str(REPO_ROOT / "build" / "local"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--triton-http-port", type=int, default=8000)
+    parser.add_argument("--triton-grpc-port", type=int, default=8001)
+    parser.add_argument("--triton-metrics-port", type=int, default=8002)
+    args = parser.parse_args(argv)
+
+    dirs = BuildDirs(Path(args.build_dir))
+    t0 = time.perf_counter()
+    repository = build_local_repository(dirs)
+    print(f"[serve] built in {time.perf_counter() - t0:.1f}s; starting tritonserver", flush=True)
+
+    triton = TritonServer(
+        repository=repository,
+        backends_dir=dirs.backends,
+        ports=Ports(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
+        log_path=dirs.root / "tritonserver.log",
+    ).start()
+    api: subprocess.Popen | None = None
+    try:
+        waited = triton.wait_ready()
+        print(f"[serve] Triton ready in {waited:.1f}s (log: {triton.log_path})", flush=True)
+        env = dict(os.environ, RYLA_TRITON_GRPC_URL=triton.grpc_url)
+        api = subprocess.Popen([sys.executable, "-m", "api", "--host", args.host, "--port", str(args.port)], env=env)
+        base = f"http://{args.host}:{args.port}"
+        print(
+            f"[serve] API on {base} (docs: {base}/docs). Try:\n"
+            f"  curl -s -X POST {base}/flux -H 'content-type: application/json' "
+            f'-d \'{{"prompt": "a red fox", "width": 256, "height": 256}}\' -o fox.png\n'
+            "[serve] Ctrl-C stops everything.",
+            flush=True,
+        )
+        signal.signal(signal.SIGTERM, _interrupt)  # stop the same way on `kill` as on Ctrl-C
+        while api.poll() is None and triton.process is not None and triton.process.poll() is None:
+            time.sleep(0.5)
+        print("[serve] a process exited; stopping", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("\n[serve] stopping", flush=True)
+        return 0
+    finally:
+        if api is not None and api.poll() is None:
+            api.send_signal(signal.SIGINT)
+            try:
+                api.wait(15)
+            except subprocess.TimeoutExpired:
+                api.kill()
+        triton.stop()
+        print("[serve] stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

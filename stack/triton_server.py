@@ -1,0 +1,144 @@
+"""Start and stop a real `tritonserver`: the one bundled in the nvidia-pytriton wheel (design.md).
+
+The wheel ships Triton 2.51 with the python backend only. We lay its backend files out in a backend directory,
+put the wheel's bundled libraries on LD_LIBRARY_PATH and this interpreter's bin first on PATH, because the python
+backend stub imports numpy (and our packages) from the environment it finds there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    libs: Path
+    backend_src: Path
+    stub: Path
+
+    @classmethod
+    def from_pytriton(cls) -> TritonInstall:
+        import pytriton  # only to locate the wheel's files
+
+        root = Path(pytriton.__file__).parent / "tritonserver"
+        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return cls(
+            binary=root / "bin" / "tritonserver",
+            libs=root.parent.parent / "nvidia_pytriton.libs",
+            backend_src=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / minor / "triton_python_backend_stub",
+        )
+
+    def lay_out_backends(self, backends_dir: Path) -> Path:
+        """Copy the python backend and the stub for this Python into `backends_dir/python`."""
+        python_dir = backends_dir / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        for src in (
+            self.backend_src / "libtriton_python.so",
+            self.backend_src / "triton_python_backend_utils.py",
+            self.stub,
+        ):
+            dst = python_dir / src.name
+            if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+                shutil.copy2(src, dst)
+        return backends_dir
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self.libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        return env
+
+
+@dataclass
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process over a model repository, in explicit model control with strict readiness."""
+
+    repository: Path
+    backends_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    log_path: Path | None = None
+    load_models: tuple[str, ...] = ("*",)
+    install: TritonInstall = field(default_factory=TritonInstall.from_pytriton)
+    process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.http}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.install.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self.backends_dir}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in self.load_models),
+            "--strict-readiness=true",
+            # A model that fails to load is reported not ready instead of taking the server down.
+            "--exit-on-error=false",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-metrics=true",
+            "--log-verbose=0",
+        ]
+
+    def start(self) -> TritonServer:
+        self.install.lay_out_backends(self.backends_dir)
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by Popen
+        self.process = subprocess.Popen(
+            self.command(), env=self.install.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float = 120.0) -> float:
+        """Block until every loaded model is ready; returns seconds waited. Raises if the server died or timed out."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
+            if self.is_ready():
+                return time.monotonic() - t0
+            time.sleep(0.25)
+        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # SIGINT lets Triton unload models and stop their python stubs; the group kill is the fallback.
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

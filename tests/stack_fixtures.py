@@ -1,0 +1,95 @@
+"""Session fixtures that serve: the local repository, a real tritonserver and the API as a uvicorn subprocess.
+
+Both listen on 127.0.0.1 only, on free ports, so a running `make serve` does not collide with the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stack.local import REPO_ROOT, BuildDirs, build_local_repository
+from stack.triton_server import Ports, TritonServer
+
+STACK_DIR = REPO_ROOT / ".cache" / "test-stack"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stack_dirs() -> BuildDirs:
+    return BuildDirs(STACK_DIR)
+
+
+@pytest.fixture(scope="session")
+def model_repository(stack_dirs: BuildDirs) -> Path:
+    return build_local_repository(stack_dirs)
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository: Path, stack_dirs: BuildDirs) -> Iterator[TritonServer]:
+    server = TritonServer(
+        repository=model_repository,
+        backends_dir=stack_dirs.backends,
+        ports=Ports(free_port(), free_port(), free_port()),
+        log_path=stack_dirs.root / "tritonserver-test.log",
+    ).start()
+    try:
+        server.wait_ready(timeout_s=300)
+        yield server
+    finally:
+        server.stop()
+
+
+def start_api(triton_grpc_url: str, port: int, **env: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "RYLA_TRITON_GRPC_URL": triton_grpc_url, **env},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"api exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    raise TimeoutError("api did not come up in 60 s")
+
+
+def stop_api(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="session")
+def api_url(triton: TritonServer) -> Iterator[str]:
+    port = free_port()
+    process = start_api(triton.grpc_url, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_api(process)
+
+
+@pytest.fixture()
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=300) as c:
+        yield c

@@ -1,0 +1,42 @@
+"""Operating the stack: a stopped Triton gives 503 and the API recovers when it is back; perf_analyzer stays wired."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from perf import perf_analyzer
+from stack.triton_server import TritonServer
+
+BODY = {"prompt": "a small red boat", "width": 256, "height": 256, "steps": 1, "seed": 3}
+
+
+def test_stopped_triton_is_503_and_the_api_recovers(client: httpx.Client, triton: TritonServer) -> None:
+    assert client.post("/flux", json=BODY).status_code == 200
+    triton.stop()
+    try:
+        down = client.post("/flux", json=BODY)
+        assert down.status_code == 503, down.text
+        assert down.json()["error"]["code"] == "backend_unavailable"
+        assert int(down.headers["retry-after"]) > 0
+        assert client.get("/ready").status_code == 503
+    finally:
+        triton.start()
+        triton.wait_ready(timeout_s=300)
+    # The same API process, no restart: its gRPC channel reconnects to the new server.
+    back = None
+    for _ in range(20):
+        back = client.post("/flux", json=BODY)
+        if back.status_code == 200:
+            break
+    assert back is not None and back.status_code == 200, back.text if back else None
+    assert client.get("/ready").status_code == 200
+
+
+def test_perf_analyzer_measures_the_pipeline(triton: TritonServer, tmp_path: Path) -> None:
+    row = perf_analyzer.run(
+        "/flux", triton.grpc_url, tmp_path, concurrency="1", request_count=2, width=256, height=256, steps=1
+    )
+    assert row["Inferences/Second"] > 0
+    assert row["p50 latency"] > 0
