@@ -1,0 +1,37 @@
+"""python -m export --family flux --checkpoints-mode tiny --checkpoints-root .cache/checkpoints --out build/onnx"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from checkpoints import MODES, resolve
+from registry import FAMILIES, checkpoints_of
+
+from .family import export_family
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Export a family's components to ONNX (only what changed).")
+    parser.add_argument("--family", action="append", choices=sorted(FAMILIES), help="default: every family")
+    parser.add_argument("--checkpoints-mode", choices=MODES[:2], default="tiny")
+    parser.add_argument("--checkpoints-root", type=Path, default=Path(".cache/checkpoints"))
+    parser.add_argument("--out", type=Path, default=Path("build/onnx"))
+    parser.add_argument("--force", action="store_true", help="export even what the manifest says is unchanged")
+    args = parser.parse_args(argv)
+    for family in args.family or sorted(FAMILIES):
+        t0 = time.perf_counter()
+        resolved = {c.key: resolve(c.key, args.checkpoints_mode, args.checkpoints_root) for c in checkpoints_of(family)}
+        manifest = export_family(
+            family,
+            {k: r.path for k, r in resolved.items()},
+            args.out,
+            force=args.force,
+            labels={k: r.label for k, r in resolved.items()},
+        )
+        print(f"[export] {family}: {manifest['last_run']} in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
