@@ -16,6 +16,11 @@ PROFILES = ("cpu", "gpu")
 PLAN_FILES = {"9.0": "model.sm90.plan"}
 
 
+def _data_type(spec: TensorSpec) -> str:
+    # The wire protocol says BYTES; model configs spell the same type TYPE_STRING.
+    return "TYPE_STRING" if spec.dtype == "BYTES" else f"TYPE_{spec.dtype}"
+
+
 def _dims(spec: TensorSpec) -> str:
     return ", ".join(str(d) if isinstance(d, int) else "-1" for d in spec.dims)
 
@@ -24,7 +29,7 @@ def _tensors(kind: str, specs: Iterable[TensorSpec], optional: frozenset[str] = 
     rows = []
     for s in specs:
         opt = " optional: true" if s.name in optional else ""
-        rows.append(f'  {{ name: "{s.name}" data_type: TYPE_{s.dtype} dims: [ {_dims(s)} ]{opt} }}')
+        rows.append(f'  {{ name: "{s.name}" data_type: {_data_type(s)} dims: [ {_dims(s)} ]{opt} }}')
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 

@@ -5,6 +5,8 @@ Triton-agnostic: pipeline_model.py feeds it requests and a ComponentClient (BLS 
 
 from __future__ import annotations
 
+import importlib
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +20,26 @@ import torch
 from registry import CHECKPOINTS, FAMILIES, Checkpoint, Guidance, invalid_request_message
 
 from .proxies import ComponentClient, ComponentProxy
+
+
+def _light_components(path: Path, exclude: set[str]) -> dict[str, Any]:
+    """The pipeline's modules that stay in this process (tokenizers, scheduler), loaded as from_pretrained would.
+
+    The pipeline is then constructed directly: from_pretrained insists that passed modules subclass the classes
+    of model_index.json, which our proxies do not.
+    """
+    index = json.loads((path / "model_index.json").read_text())
+    components: dict[str, Any] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or name in exclude or not isinstance(entry, list):
+            continue
+        library, class_name = entry
+        if class_name is None:
+            components[name] = None
+            continue
+        cls = getattr(importlib.import_module(library), class_name)
+        components[name] = cls.from_pretrained(path, subfolder=name)
+    return components
 
 
 class InvalidRequest(ValueError):
@@ -67,7 +89,7 @@ class TextToImagePipelines:
                 role: ComponentProxy(component, Path(path), client)
                 for role, component in self.family.components_for(key).items()
             }
-            pipe = pipeline_class.from_pretrained(str(path), **proxies)
+            pipe = pipeline_class(**proxies, **_light_components(Path(path), exclude=set(proxies)))
             pipe.set_progress_bar_config(disable=True)
             self.pipelines[key] = pipe
 

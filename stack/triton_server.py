@@ -7,11 +7,13 @@ backend stub imports numpy (and our packages) from the environment it finds ther
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -55,7 +57,11 @@ class TritonInstall:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self.libs), env.get("LD_LIBRARY_PATH", "")) if p)
+        # The stub links libpython3.X.so by soname. Without this interpreter's own LIBDIR first it can pick up the
+        # system's libpython of another patch release, and stdlib extensions of this one then fail to import.
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        paths = (libdir, str(self.libs), env.get("LD_LIBRARY_PATH", ""))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         return env
 
@@ -114,21 +120,47 @@ class TritonServer:
         )
         return self
 
-    def is_ready(self) -> bool:
+    def _ok(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as r:
+            with urllib.request.urlopen(f"{self.http_url}{path}", timeout=1) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout_s: float = 120.0) -> float:
-        """Block until every loaded model is ready; returns seconds waited. Raises if the server died or timed out."""
+    def is_ready(self, models: tuple[str, ...] = ()) -> bool:
+        """Server ready and, in explicit model control, each of `models` loaded (a failed load is not ready)."""
+        return self._ok("/v2/health/ready") and all(self._ok(f"/v2/models/{m}/ready") for m in models)
+
+    def _raise_failed_loads(self, models: tuple[str, ...]) -> None:
+        """A model whose load failed will never be ready: say why now instead of waiting out the timeout."""
+        request = urllib.request.Request(f"{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as r:
+                index = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return
+        failed = {m["name"]: m.get("reason", "") for m in index if m.get("state") == "UNAVAILABLE" and m.get("reason")}
+        failed = {name: why for name, why in failed.items() if name in models}
+        if failed:
+            raise RuntimeError("models failed to load: " + "; ".join(f"{n}: {w[:500]}" for n, w in failed.items()))
+
+    def served_models(self) -> tuple[str, ...]:
+        """The models this server was asked to load: every model folder of the repository for "*"."""
+        if "*" in self.load_models:
+            return tuple(sorted(p.parent.name for p in self.repository.glob("*/config.pbtxt")))
+        return self.load_models
+
+    def wait_ready(self, timeout_s: float = 120.0, models: tuple[str, ...] | None = None) -> float:
+        """Block until the server and `models` (default: all it serves) are ready; returns seconds waited. Raises
+        if the server died or timed out."""
+        models = self.served_models() if models is None else models
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
-            if self.is_ready():
+            if self.is_ready(models):
                 return time.monotonic() - t0
+            self._raise_failed_loads(models)
             time.sleep(0.25)
         raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; see {self.log_path}")
 
