@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from checkpoints.source import resolve
 from diffusers import FluxPipeline
 from PIL import Image
 
+from checkpoints.source import resolve
 from registry import ROUTES
 from stack.local import REPO_ROOT
 

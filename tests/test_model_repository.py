@@ -1,0 +1,55 @@
+"""config.pbtxt generated from the registry, per serving profile, and the laid-out repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_repository.config import component_config, pipeline_config
+from registry import FAMILIES, PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX
+
+FLUX = FAMILIES["flux"]
+
+
+@pytest.mark.parametrize("component", FLUX.components, ids=lambda c: c.triton_model)
+def test_component_configs_follow_the_registry(component) -> None:
+    cpu = component_config(component, "cpu")
+    assert f'name: "{component.triton_model}"' in cpu and 'backend: "python"' in cpu
+    assert "kind: KIND_CPU" in cpu and "max_batch_size: 0" in cpu
+    assert "version_policy: { specific: { versions: [ 1 ] } }" in cpu
+    for spec in component.inputs + component.outputs:
+        assert f'name: "{spec.name}" data_type: TYPE_{spec.dtype}' in cpu
+    assert 'key: "precision" value: { string_value: "fp32" }' in cpu
+
+    gpu = component_config(component, "gpu")
+    assert "kind: KIND_GPU" in gpu
+    # TensorRT plans are keyed by compute capability so a plan never loads on a GPU it was not built for.
+    assert 'platform: "tensorrt_plan"' in gpu and 'cc_model_filenames [\n  { key: "9.0"' in gpu
+    assert f'key: "precision" value: {{ string_value: "{component.precision}" }}' in gpu
+
+
+def test_unknown_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="profile"):
+        component_config(FLUX.components[0], "tpu")
+
+
+def test_pipeline_config_carries_the_request_contract_and_sources() -> None:
+    text = pipeline_config(
+        FLUX, PIPELINE_INPUTS[FLUX.task], PIPELINE_OUTPUTS, "cpu", {SOURCE_PARAMETER_PREFIX + "flux-dev": "hub:x@y"}
+    )
+    assert 'name: "flux_pipeline"' in text
+    assert 'name: "PROMPT" data_type: TYPE_STRING dims: [ 1 ]' in text  # BYTES is TYPE_STRING in configs
+    assert 'name: "IMAGES" data_type: TYPE_UINT8 dims: [ -1, -1, -1, 3 ]' in text
+    assert 'key: "source.flux-dev" value: { string_value: "hub:x@y" }' in text
+
+
+def test_laid_out_repository(model_repository: Path) -> None:
+    names = sorted(p.name for p in model_repository.iterdir() if (p / "config.pbtxt").exists())
+    assert names == sorted([c.triton_model for c in FLUX.components] + ["flux_pipeline"])
+    for component in FLUX.components:
+        version = model_repository / component.triton_model / "1"
+        assert (version / "model.onnx").stat().st_size > 0
+        assert "model_repository.component_model" in (version / "model.py").read_text()
+    pipeline = (model_repository / "flux_pipeline" / "config.pbtxt").read_text()
+    assert 'key: "checkpoints" value: { string_value: "flux-schnell,flux-dev" }' in pipeline
