@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from checkpoints.source import resolve
-
 from export import export_family
 from model_repository.layout import CheckpointSource, build_repository
 from registry import FAMILIES, checkpoints_of
