@@ -1,0 +1,121 @@
+"""GPU speed-ups for a component's torch module, in the way the H100 anchors do it (flux-fast, Modal's FLUX
+example): fused QKV projections, a fused attention backend, FP8 row-wise matmuls for the transformer blocks' large
+linears, and torch.compile with its caches on disk.
+
+Used by the GPU profile's torch component models and by perf/gpu_benchmark.py, so the benchmark times the code
+that serves. Nothing here runs on the CPU except the choice of layers (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+E4M3_MAX = 448.0
+# Large matmuls of FLUX's double and single blocks; the adaLN modulation (M = batch) and the embedders stay BF16.
+FLUX_FP8_LAYERS = re.compile(
+    r"^(transformer_blocks|single_transformer_blocks)\.\d+\."
+    r"(attn\.(to_q|to_k|to_v|to_qkv|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_added_qkv|to_add_out)"
+    r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)$"
+)
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    fuse_qkv: bool = True
+    attention_backend: str | None = None  # diffusers backend name, e.g. "_native_cudnn"; None keeps SDPA's choice
+    fp8: bool = False
+    compile: bool = True
+    compile_mode: str | None = None  # torch.compile mode; None is inductor's default (no autotuning)
+
+
+class Fp8Linear(torch.nn.Module):
+    """y = x W^T + b with W stored in float8 e4m3 (one scale per output channel) and x quantised per token on the
+    fly; `torch._scaled_mm` runs it on Hopper's FP8 tensor cores and returns BF16."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
+        self.register_buffer("weight_fp8", (weight / scale).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out]
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        x_scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
+        x_fp8 = (x2.float() / x_scale).to(torch.float8_e4m3fn)
+        y = torch._scaled_mm(
+            x_fp8,
+            self.weight_fp8.t(),
+            scale_a=x_scale,
+            scale_b=self.weight_scale,
+            bias=self.bias,
+            out_dtype=torch.bfloat16,
+            use_fast_accum=True,
+        )
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+_SEPARATE_QKV = {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"}
+_FUSED_QKV = {"to_qkv", "to_added_qkv"}
+
+
+def _in_use(module: torch.nn.Module, name: str) -> bool:
+    """After QKV fusion the separate projections stay as modules but are never called (and vice versa)."""
+    parent_name, _, leaf = name.rpartition(".")
+    fused = bool(getattr(module.get_submodule(parent_name), "fused_projections", False))
+    return leaf not in (_SEPARATE_QKV if fused else _FUSED_QKV)
+
+
+def fp8_layer_names(module: torch.nn.Module, pattern: re.Pattern = FLUX_FP8_LAYERS) -> list[str]:
+    """The linears to run in FP8: those the pattern names, in use, whose sizes FP8 GEMMs take (multiples of 16)."""
+    return [
+        name
+        for name, child in module.named_modules()
+        if isinstance(child, torch.nn.Linear)
+        and pattern.match(name)
+        and _in_use(module, name)
+        and child.in_features % 16 == 0
+        and child.out_features % 16 == 0
+    ]
+
+
+def swap_fp8_linears(module: torch.nn.Module, names: list[str]) -> int:
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, Fp8Linear(getattr(parent, attr)))
+    return len(names)
+
+
+def enable_compile_cache(cache_dir: Path) -> None:
+    """Inductor's FX-graph and autograd caches on disk: a container that starts again skips recompilation."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def accelerate(module: torch.nn.Module, how: Acceleration, log: Callable[[str], None] = print) -> torch.nn.Module:
+    """Apply `how` to a diffusers transformer in place (BF16, on CUDA); returns the module to call."""
+    if how.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
+        module.fuse_qkv_projections()
+        log("fused QKV projections")
+    if how.attention_backend and hasattr(module, "set_attention_backend"):
+        module.set_attention_backend(how.attention_backend)
+        log(f"attention backend {how.attention_backend}")
+    if how.fp8:
+        count = swap_fp8_linears(module, fp8_layer_names(module))
+        log(f"{count} linears in FP8 (row-wise scaled)")
+    if how.compile:
+        module.forward = torch.compile(module.forward, mode=how.compile_mode, fullgraph=False, dynamic=False)
+        log(f"torch.compile mode={how.compile_mode or 'default'}")
+    return module

@@ -1,0 +1,319 @@
+"""FLUX on one GPU, side by side in one run: the plain diffusers FluxPipeline in eager BF16 (the baseline) against
+the same pipeline with its transformer accelerated as our GPU profile serves it (model_repository/accelerate.py).
+
+Full-size FLUX.1 architectures with random weights (no download is possible on the benchmark machine), built
+straight on the GPU in BF16 from the real configs, seeded so every variant runs the same weights. For each variant:
+ms per transformer step at the given resolution, end-to-end seconds (text encoders + steps + VAE), peak GPU memory,
+MFU against the H100's dense BF16 peak (FLOPs from torch.utils.flop_counter), cost per image, and the PSNR of the
+image against the eager BF16 image on the same seed. Writes a CSV and a PNG plot.
+
+    python -m perf.gpu_benchmark --model dev --out perf/results/h100 --variants eager,compile,compile_fp8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_repository.accelerate import Acceleration, accelerate, enable_compile_cache
+
+from .metrics import cost_usd, mfu, psnr
+
+# The real FLUX.1 configs (diffusers layout); only the weights are random.
+FLUX_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    axes_dims_rope=(16, 56, 56),
+)
+CLIP_L = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+T5_XXL = dict(
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    is_encoder_decoder=False,
+    use_cache=False,
+)
+FLUX_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+MODELS = {
+    # name: (steps, guidance embedding, max_sequence_length, guidance_scale)
+    "dev": (28, True, 512, 3.5),
+    "schnell": (4, False, 256, 0.0),
+}
+VARIANTS: dict[str, Acceleration | None] = {
+    "eager": None,  # plain diffusers, the baseline
+    "compile": Acceleration(fuse_qkv=True, compile=True),
+    "compile_fp8": Acceleration(fuse_qkv=True, fp8=True, compile=True),
+    "compile_fp8_cudnn": Acceleration(fuse_qkv=True, fp8=True, compile=True, attention_backend="_native_cudnn"),
+}
+
+
+@dataclass
+class Row:
+    device: str
+    model: str
+    variant: str
+    width: int
+    height: int
+    steps: int
+    step_ms: float
+    end_to_end_s: float
+    peak_memory_gb: float
+    mfu: float
+    cost_usd: float
+    psnr_vs_eager_db: float
+    compile_s: float
+
+
+def log(message: str) -> None:
+    print(f"[gpu_benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_pipeline(model: str, tokenizer_dir: Path):  # noqa: ANN201 - a FluxPipeline
+    """FLUX.1-`model` with random weights on the GPU in BF16; the tiny checkpoint lends tokenizers and scheduler."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+    _, guidance, _, _ = MODELS[model]
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            torch.manual_seed(0)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L)).eval()
+            text_encoder_2 = T5EncoderModel(T5Config(**T5_XXL)).eval()
+            vae = AutoencoderKL(**FLUX_VAE).eval()
+            torch.manual_seed(1 if model == "dev" else 2)
+            transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER, guidance_embeds=guidance).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(tokenizer_dir, subfolder="scheduler")
+    return FluxPipeline(
+        scheduler=scheduler,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir, subfolder="tokenizer"),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=T5Tokenizer.from_pretrained(tokenizer_dir, subfolder="tokenizer_2"),
+        vae=vae,
+        transformer=transformer,
+    )
+
+
+def transformer_inputs(pipe, model: str, width: int, height: int) -> dict:  # noqa: ANN001
+    _, guidance, seq, scale = MODELS[model]
+    tokens = (width // 16) * (height // 16)
+    g = torch.Generator("cuda").manual_seed(0)
+    kwargs = dict(
+        hidden_states=torch.randn(1, tokens, 64, device="cuda", dtype=torch.bfloat16, generator=g),
+        encoder_hidden_states=torch.randn(1, seq, 4096, device="cuda", dtype=torch.bfloat16, generator=g),
+        pooled_projections=torch.randn(1, 768, device="cuda", dtype=torch.bfloat16, generator=g),
+        timestep=torch.full((1,), 0.5, device="cuda", dtype=torch.bfloat16),
+        img_ids=pipe._prepare_latent_image_ids(1, height // 16, width // 16, "cuda", torch.bfloat16),
+        txt_ids=torch.zeros(seq, 3, device="cuda", dtype=torch.bfloat16),
+        guidance=torch.full((1,), scale, device="cuda", dtype=torch.float32) if guidance else None,
+        return_dict=False,
+    )
+    return kwargs
+
+
+def cuda_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of `fn` by CUDA events, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def transformer_flops(pipe, inputs: dict) -> float:  # noqa: ANN001
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        pipe.transformer(**inputs)
+    return float(counter.get_total_flops())
+
+
+def end_to_end(pipe, model: str, width: int, height: int, repeats: int) -> tuple[float, np.ndarray]:  # noqa: ANN001
+    steps, _, seq, scale = MODELS[model]
+
+    def run() -> np.ndarray:
+        out = pipe(
+            "a lighthouse on a cliff at dawn, cinematic",
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=scale,
+            max_sequence_length=seq,
+            generator=torch.Generator("cpu").manual_seed(42),
+            output_type="np",
+        )
+        return (out.images[0] * 255).round().astype(np.uint8)
+
+    image = run()  # warm-up (and compilation for compiled variants)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        image = run()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), image
+
+
+def write_outputs(rows: list[Row], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    device = rows[0].device.replace(" ", "_")
+    csv_path = out / f"flux_{device}.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    log(f"wrote {csv_path}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{r.model}\n{r.variant}" for r in rows]
+    axes[0].bar(labels, [r.step_ms for r in rows], color="tab:blue")
+    axes[0].set_ylabel(f"ms per transformer step ({rows[0].width}x{rows[0].height})")
+    axes[1].bar(labels, [r.end_to_end_s for r in rows], color="tab:orange")
+    axes[1].set_ylabel("end-to-end seconds")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"FLUX on {rows[0].device}: diffusers eager vs accelerated")
+    fig.tight_layout()
+    png = out / f"flux_{device}.png"
+    fig.savefig(png, dpi=120)
+    log(f"wrote {png}")
+
+
+def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Row]) -> None:
+    """Every variant of one model on the same weights, appended to `rows` (and written out) as each finishes."""
+    from checkpoints.tiny import build_tiny
+
+    steps = MODELS[model][0]
+    log(f"building FLUX.1-{model} (random weights, BF16) on {device}")
+    pipe = build_pipeline(model, build_tiny(f"flux-{model}", Path(tempfile.gettempdir()) / "ryla-tiny"))
+    pipe.set_progress_bar_config(disable=True)
+    inputs = transformer_inputs(pipe, model, args.width, args.height)
+    flops = transformer_flops(pipe, inputs)
+    log(f"transformer forward: {flops / 1e12:.1f} TFLOP at {args.width}x{args.height}")
+
+    def step() -> object:
+        return pipe.transformer(**inputs)
+
+    eager_image = None
+    for variant in args.variants.split(","):
+        how = VARIANTS[variant]
+        t0 = time.perf_counter()
+        if how is not None:
+            pipe.transformer.__dict__.pop("forward", None)  # back to the uncompiled forward
+            torch._dynamo.reset()
+            accelerate(pipe.transformer, how, log=log)
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            step_ms = cuda_ms(step, args.step_repeats)
+        compile_s = time.perf_counter() - t0 if how is not None and how.compile else 0.0
+        log(f"{model}/{variant}: {step_ms:.1f} ms per step (ready after {compile_s:.0f}s incl. compile)")
+        e2e_s, image = end_to_end(pipe, model, args.width, args.height, args.e2e_repeats)
+        if variant == "eager":
+            eager_image = image
+        row = Row(
+            device=device,
+            model=f"flux-{model}",
+            variant=variant,
+            width=args.width,
+            height=args.height,
+            steps=steps,
+            step_ms=round(step_ms, 2),
+            end_to_end_s=round(e2e_s, 3),
+            peak_memory_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            mfu=round(mfu(flops, step_ms / 1000), 4),
+            cost_usd=round(cost_usd(e2e_s), 6),
+            psnr_vs_eager_db=round(psnr(image, eager_image), 2) if eager_image is not None else float("nan"),
+            compile_s=round(compile_s, 1),
+        )
+        log(json.dumps(asdict(row)))
+        rows.append(row)
+        write_outputs(rows, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", choices=sorted(MODELS), help="default: dev")
+    parser.add_argument("--variants", default="eager,compile,compile_fp8")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--step-repeats", type=int, default=10)
+    parser.add_argument("--e2e-repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("perf/results/local"))
+    parser.add_argument("--compile-cache", type=Path, default=Path(tempfile.gettempdir()) / "ryla-inductor")
+    args = parser.parse_args(argv)
+    enable_compile_cache(args.compile_cache)
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+    device = torch.cuda.get_device_name().replace("NVIDIA ", "")
+    rows: list[Row] = []
+    for model in args.model or ["dev"]:
+        bench_model(model, args, device, rows)
+        gc.collect()
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The benchmark's arithmetic and the GPU speed-up's choice of layers, checked on the CPU (the GPU runs are in
+perf/results/)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+
+from model_repository.accelerate import Fp8Linear, fp8_layer_names
+from perf import gpu_benchmark
+from perf.metrics import cost_usd, mfu, psnr, speedup
+
+
+def test_mfu_and_cost() -> None:
+    # 989 TFLOP in one second on a 989 TFLOP/s part is 100 %.
+    assert mfu(989e12, 1.0) == pytest.approx(1.0)
+    assert mfu(74.5e12, 0.183) == pytest.approx(0.4116, abs=1e-3)  # design.md: FLUX-dev 183 ms/step ~ 41 % MFU
+    assert cost_usd(2.0) == pytest.approx(0.002194)
+    assert speedup(5.3, 1.6) == pytest.approx(3.3125)
+    with pytest.raises(ValueError):
+        mfu(1.0, 0.0)
+
+
+def test_psnr() -> None:
+    a = np.zeros((4, 4, 3), np.uint8)
+    assert math.isinf(psnr(a, a))
+    b = a.copy()
+    b[0, 0, 0] = 255
+    assert psnr(a, b) == pytest.approx(10 * math.log10(48), abs=1e-9)
+    with pytest.raises(ValueError):
+        psnr(a, np.zeros((2, 2, 3), np.uint8))
+
+
+def test_fp8_layers_are_the_block_matmuls_in_use(stack_dirs) -> None:
+    from checkpoints import resolve
+
+    path = resolve("flux-dev", "tiny", stack_dirs.checkpoints).path / "transformer"
+    model = FluxTransformer2DModel.from_pretrained(path)
+    names = fp8_layer_names(model)
+    assert "transformer_blocks.0.ff.net.2" in names and "single_transformer_blocks.0.proj_out" in names
+    assert not any("norm" in n or "embed" in n or n == "proj_out" for n in names)  # sensitive layers stay BF16
+    model.fuse_qkv_projections()
+    fused = fp8_layer_names(model)
+    assert "transformer_blocks.0.attn.to_qkv" in fused and "transformer_blocks.0.attn.to_q" not in fused
+
+
+def test_fp8_linear_keeps_shape_and_weights_close() -> None:
+    linear = torch.nn.Linear(64, 32)
+    fp8 = Fp8Linear(linear)
+    restored = fp8.weight_fp8.float() * fp8.weight_scale.t()
+    # e4m3 keeps 3 mantissa bits: relative error per weight under 2^-4.
+    assert torch.all((restored - linear.weight).abs() <= linear.weight.abs() * 2**-4 + 1e-6)
+    assert fp8.weight_scale.shape == (1, 32)
+
+
+def test_benchmark_knows_the_real_configs() -> None:
+    assert (
+        gpu_benchmark.FLUX_TRANSFORMER["num_layers"] == 19 and gpu_benchmark.FLUX_TRANSFORMER["num_single_layers"] == 38
+    )
+    assert sum(gpu_benchmark.FLUX_TRANSFORMER["axes_dims_rope"]) == gpu_benchmark.FLUX_TRANSFORMER["attention_head_dim"]
+    assert gpu_benchmark.MODELS["dev"][0] == 28 and gpu_benchmark.MODELS["schnell"][0] == 4
+    assert gpu_benchmark.VARIANTS["eager"] is None
