@@ -1,4 +1,4 @@
-"""create_app(): the FastAPI application, its Triton client owned by the lifespan."""
+"""create_app(): the FastAPI application. Routes come from the registry; the lifespan owns the Triton client."""
 
 from __future__ import annotations
 
@@ -8,42 +8,60 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import errors
-from .backend import Backend
-from .metrics import Metrics
+from .auth import DOCUMENTED_SCHEMES, KeyChecker
+from .generate import generation_endpoint, openapi_of
 from .middleware import GatewayMiddleware
-from .routes import ApiState, build_router, make_gates, route_label, served_routes
+from .service import SERVICE_PATHS, build_service_router
 from .settings import Settings
+from .state import ApiState
+
+DOC_PATHS = ("/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """One app serving the routes of `settings.served_groups` (default: every group of the registry)."""
     settings = settings or Settings()
-    metrics = Metrics()
-    protected = {r.path for r in served_routes(settings)} | {"/v1/models"}
-    state = ApiState(settings=settings, metrics=metrics, gates=make_gates(settings))
+    state = ApiState(settings)
+    keys = KeyChecker(settings.api_keys)
+    generating = {r.path for r in state.routes}
+    protected = generating | {"/v1/models"}
+    known = generating | set(SERVICE_PATHS) | set(DOC_PATHS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The gRPC aio channel belongs to the serving event loop, so it is made here, not at import.
-        state.backend = Backend(settings.triton_grpc_url, settings.retry_after_s)
+        state.backend()
         try:
             yield
         finally:
-            await state.backend.close()
+            await state.close()
 
     app = FastAPI(
         title="RYLA diffusion API",
         version="0.1.0",
-        summary="Image and video generation on Triton, with the product's REST contract.",
+        summary="Image generation on Triton behind the product's REST contract (shared/api.md).",
         lifespan=lifespan,
+        # The product's client may POST JSON without a content-type; a body is still parsed only as JSON.
+        strict_content_type=False,
     )
+    app.state.api = state
     errors.install(app)
-    app.include_router(build_router(state))
+    for route in state.routes:
+        app.add_api_route(
+            route.path,
+            generation_endpoint(route),
+            methods=["POST"],
+            dependencies=DOCUMENTED_SCHEMES if keys.enabled else None,
+            **openapi_of(route),
+        )
+    app.include_router(build_service_router(protect_models=keys.enabled))
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        api_keys=settings.keys,
-        protected=lambda path: path in protected,
-        metrics=metrics,
-        route_label=route_label,
+        keys=keys,
+        protected=protected.__contains__,
+        metrics=state.metrics,
+        # Unknown paths share one label: a scanner cannot blow up the metrics' cardinality.
+        route_label=lambda path: path if path in known else "other",
     )
     return app

@@ -1,4 +1,4 @@
-"""Images out: encoded with Pillow into the format the client asked for, labelled truthfully."""
+"""Images out: encoded with Pillow into the format the client asked for, labelled with their true MIME type."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ import io
 import numpy as np
 from PIL import Image
 
-from .schemas import IMAGE_FORMATS
+# output_format -> (Pillow format, MIME type). The request schema's choices come from here.
+IMAGE_FORMATS: dict[str, tuple[str, str]] = {
+    "png": ("PNG", "image/png"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+}
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int) -> tuple[bytes, str]:
-    """pixels: H x W x 3 uint8. Returns the bytes and their MIME type."""
+    """pixels: H x W x 3 uint8. Returns the encoded bytes and their MIME type. CPU-bound: call it off the loop."""
+    pil_format, mime = IMAGE_FORMATS[fmt]
+    image = Image.fromarray(np.ascontiguousarray(pixels))
     buffer = io.BytesIO()
-    image = Image.fromarray(pixels, "RGB")
-    if fmt == "png":
-        image.save(buffer, format="PNG", compress_level=3)  # lossless; level 3 is far faster than the default 6
-    elif fmt == "jpeg":
-        image.save(buffer, format="JPEG", quality=quality)
+    if pil_format == "PNG":
+        # Lossless, so quality does not apply; level 3 is several times faster than the default 6 at ~5% size.
+        image.save(buffer, format="PNG", compress_level=3)
     else:
-        image.save(buffer, format="WEBP", quality=quality)
-    return buffer.getvalue(), IMAGE_FORMATS[fmt]
+        image.save(buffer, format=pil_format, quality=quality)
+    return buffer.getvalue(), mime

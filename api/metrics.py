@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+_SECONDS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -13,22 +15,23 @@ class Metrics:
         )
         self.latency = Histogram(
             "ryla_request_seconds",
-            "Seconds from a generation request's arrival to its answer",
+            "Seconds from a request's arrival to its answer, by route",
             ["route"],
-            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+            buckets=_SECONDS,
             registry=self.registry,
         )
-        self.triton_seconds = Histogram(
-            "ryla_triton_seconds",
-            "Seconds a generation spent in Triton",
-            ["route"],
-            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+        # Where a generation's time goes: waiting for its group's slot, the Triton round trip, inside the pipeline.
+        self.stage = Histogram(
+            "ryla_generation_stage_seconds",
+            "Seconds of a successful generation spent per stage (queue, triton, pipeline, encode)",
+            ["route", "stage"],
+            buckets=_SECONDS,
             registry=self.registry,
         )
-        self.in_flight = Gauge("ryla_in_flight", "Generations sent to Triton", ["group"], registry=self.registry)
-        self.queued = Gauge("ryla_queued", "Generations waiting for a slot", ["group"], registry=self.registry)
+        self.in_flight = Gauge("ryla_in_flight", "Generations sent to Triton now", ["group"], registry=self.registry)
+        self.queued = Gauge("ryla_queued", "Generations waiting for a slot now", ["group"], registry=self.registry)
         self.cold_start = Gauge(
             "ryla_cold_start_seconds",
-            "Seconds from this process's start to the answer of its first generation",
+            "Seconds from this API's start to the answer of its first generation (0 until then)",
             registry=self.registry,
         )

@@ -1,42 +1,63 @@
-"""Configuration from the environment (prefix RYLA_)."""
+"""Configuration from the environment (prefix RYLA_), e.g. RYLA_TRITON_GRPC_URL, RYLA_API_KEYS=key1,key2."""
 
 from __future__ import annotations
 
-from functools import cached_property
+from typing import Annotated
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from registry import GROUPS
 
 # US$ per second of a GPU held; the local stack runs on a CPU we do not bill for.
 PRICE_PER_SECOND = {"H100": 0.001097, "cpu": 0.0}
 
+# NoDecode: these arrive as plain comma-separated strings, not JSON lists, so RYLA_API_KEYS=a,b works.
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RYLA_", frozen=True)
 
     triton_grpc_url: str = "127.0.0.1:8001"
-    api_keys: str = ""  # comma-separated; empty turns auth off
+    # Empty turns auth off. Kept out of repr so a logged Settings never shows a key.
+    api_keys: CommaList = Field(default=(), repr=False)
     gpu_type: str = "cpu"
-    price_per_second: float | None = None  # default: PRICE_PER_SECOND[gpu_type]
-    max_body_bytes: int = 32 * 1024 * 1024
-    groups: str = ""  # comma-separated app groups this API serves; empty = every group of the registry
-    retry_after_s: int = 5
+    # US$ per GPU-second; None takes PRICE_PER_SECOND[gpu_type] (0 for a GPU type the table does not know).
+    price_per_second: float | None = Field(default=None, ge=0)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # The app groups this API serves (one per Modal container); empty = every group of the registry.
+    groups: CommaList = ()
+    # Overrides every route's Route.timeout_s when set (tests, or an operator tightening limits).
+    generation_timeout_s: float | None = Field(default=None, gt=0)
+    # Bound on the readiness / model-config calls of /ready and /v1/models, so a hung Triton cannot hang them.
+    probe_timeout_s: float = Field(default=2.0, gt=0)
+    # What 429 and 503 answers tell clients to wait before retrying.
+    retry_after_s: int = Field(default=5, ge=1)
 
-    @cached_property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+    @field_validator("api_keys", "groups", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
-    @cached_property
-    def served_groups(self) -> tuple[str, ...]:
-        names = tuple(g.strip() for g in self.groups.split(",") if g.strip()) or tuple(GROUPS)
-        unknown = set(names) - set(GROUPS)
+    @model_validator(mode="after")
+    def _known_groups(self) -> Settings:
+        unknown = sorted(set(self.groups) - set(GROUPS))
         if unknown:
-            raise ValueError(f"RYLA_GROUPS names unknown app groups: {sorted(unknown)}")
-        return names
+            raise ValueError(f"RYLA_GROUPS names unknown app groups {unknown}; the registry has {sorted(GROUPS)}")
+        return self
 
-    @cached_property
+    @property
+    def served_groups(self) -> tuple[str, ...]:
+        return self.groups or tuple(GROUPS)
+
+    @property
     def price(self) -> float:
         if self.price_per_second is not None:
             return self.price_per_second
         return PRICE_PER_SECOND.get(self.gpu_type, 0.0)
+
+    def timeout_of(self, route_timeout_s: float) -> float:
+        return self.generation_timeout_s or route_timeout_s

@@ -1,0 +1,184 @@
+"""The generating routes: one POST endpoint per registry route, its request model and defaults from the registry.
+
+No `from __future__ import annotations` here: FastAPI reads each endpoint's body type from its real annotation,
+which is a model class built per route at start-up.
+"""
+
+import base64
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from registry import Route, pipeline_model_of
+
+from .encoding import IMAGE_FORMATS, encode_image
+from .errors import ApiError, openapi_responses
+from .schemas import MAX_SEED, GenerationAnswer, TextToImageRequest, request_model
+from .state import ApiState, Backend, State
+from .triton_client import PipelineResult
+
+RESPONSE_HEADERS = {
+    "x-cost-usd": "GPU seconds held (the Triton round trip) x the price per second of x-gpu-type, 6 decimals",
+    "x-execution-time-sec": "Seconds from the request's arrival to its answer, 3 decimals",
+    "x-gpu-type": "The GPU type the price refers to (cpu on the local stack)",
+    "x-request-id": "This request's id (also in error messages and logs)",
+    "x-seed": "The seed used (drawn at random when the request had none)",
+    "x-model": "The checkpoint that served the request",
+    "x-cold-start": "true for this process's first generation",
+    "server-timing": "Where the time went: queue, triton (round trip), pipeline (inside Triton), encode, api",
+}
+
+
+def wants_json(request: Request) -> bool:
+    media_types = (part.split(";")[0].strip().lower() for part in request.headers.get("accept", "").split(","))
+    return "application/json" in media_types
+
+
+def pipeline_inputs(route: Route, body: TextToImageRequest, seed: int) -> dict[str, Any]:
+    """The values of registry.PIPELINE_INPUTS[Task.TEXT_TO_IMAGE], by tensor name."""
+    return {
+        "CHECKPOINT": route.checkpoint,
+        "PROMPT": body.prompt,
+        "NEGATIVE_PROMPT": body.negative_prompt or "",
+        "WIDTH": body.width,
+        "HEIGHT": body.height,
+        "STEPS": body.steps,
+        "CFG": body.cfg,
+        "SEED": seed,
+        "NUM_IMAGES": body.num_images,
+    }
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_s: float
+    triton_s: float
+    pipeline_s: float
+    encode_s: float
+    total_s: float
+
+    def server_timing(self) -> str:
+        api_s = max(0.0, self.total_s - self.queue_s - self.triton_s - self.encode_s)
+        parts = {
+            "queue": self.queue_s,
+            "triton": self.triton_s,
+            "pipeline": self.pipeline_s,
+            "encode": self.encode_s,
+            "api": api_s,
+            "total": self.total_s,
+        }
+        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in parts.items())
+
+
+def _encode_all(result: PipelineResult, body: TextToImageRequest, as_base64: bool) -> list[tuple[bytes, str]]:
+    encoded = [encode_image(px, body.output_format, body.output_quality) for px in result.images]
+    return [(base64.b64encode(data) if as_base64 else data, mime) for data, mime in encoded]
+
+
+def _answer(
+    request: Request,
+    route: Route,
+    state: ApiState,
+    result: PipelineResult,
+    encoded: list[tuple[bytes, str]],
+    seed: int,
+    cold_start: bool,
+    timings: Timings,
+    as_json: bool,
+) -> Response:
+    gpu_type = state.settings.gpu_type
+    cost = result.triton_s * state.settings.price
+    headers = {
+        "x-cost-usd": f"{cost:.6f}",
+        "x-execution-time-sec": f"{timings.total_s:.3f}",
+        "x-gpu-type": gpu_type,
+        "x-seed": str(seed),
+        "x-model": result.model,
+        "x-cold-start": "true" if cold_start else "false",
+        "server-timing": timings.server_timing(),
+    }
+    if not as_json:
+        data, mime = encoded[0]
+        return Response(content=data, media_type=mime, headers=headers)
+    height, width = (int(d) for d in result.images.shape[1:3])
+    content = {
+        "request_id": request.state.request_id,
+        "route": route.path,
+        "model": result.model,
+        "seed": seed,
+        "images": [
+            {"mime_type": mime, "width": width, "height": height, "data": data.decode("ascii")}
+            for data, mime in encoded
+        ],
+        "timings": {
+            "queue_s": round(timings.queue_s, 4),
+            "inference_s": round(result.triton_s, 4),
+            "total_s": round(timings.total_s, 4),
+        },
+        "cold_start": cold_start,
+        "cost_usd": round(cost, 6),
+        "gpu_type": gpu_type,
+    }
+    return JSONResponse(content, headers=headers)
+
+
+def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
+    model_cls = request_model(route)
+    pipeline = pipeline_model_of(route.path)
+
+    async def generate(request: Request, body: model_cls, state: State, backend: Backend) -> Response:  # type: ignore[valid-type]
+        arrival: float = request.state.arrival
+        as_json = wants_json(request)
+        if body.num_images > 1 and not as_json:
+            raise ApiError(422, "num_images > 1 needs `Accept: application/json`", field="num_images")
+        # secrets, not random: a seed nobody can predict from earlier answers.
+        seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        timeout_s = state.settings.timeout_of(route.timeout_s)
+        async with state.gates[route.group].slot() as queue_s:
+            inputs = pipeline_inputs(route, body, seed)
+            result = await backend.infer(pipeline, route.task, inputs, timeout_s, request.state.request_id)
+        cold_start = state.claim_cold_start()
+        t_encode = time.perf_counter()
+        # Pillow holds the CPU for tens of milliseconds per image: off the event loop, so other requests move on.
+        encoded = await run_in_threadpool(_encode_all, result, body, as_json)
+        encode_s = time.perf_counter() - t_encode
+        timings = Timings(queue_s, result.triton_s, result.pipeline_s, encode_s, time.perf_counter() - arrival)
+        for stage in ("queue", "triton", "pipeline", "encode"):
+            state.metrics.stage.labels(route=route.path, stage=stage).observe(getattr(timings, f"{stage}_s"))
+        if cold_start:
+            state.metrics.cold_start.set(time.time() - state.started)
+        return _answer(request, route, state, result, encoded, seed, cold_start, timings, as_json)
+
+    generate.__name__ = "generate_" + route.path.strip("/").replace("-", "_").replace(".", "_")
+    generate.__doc__ = (
+        f"{route.summary}. Defaults: {route.width}x{route.height}, {route.steps} steps, cfg {route.cfg}; "
+        f"limit {route.timeout_s:.0f} s. Answers the image bytes, or JSON with `Accept: application/json`."
+    )
+    return generate
+
+
+def openapi_of(route: Route) -> dict[str, Any]:
+    """add_api_route keywords that document a generating route: its answers, headers and errors."""
+    mimes = sorted({mime for _, mime in IMAGE_FORMATS.values()})
+    return {
+        "summary": route.summary,
+        "tags": [route.group],
+        "response_class": Response,
+        "responses": {
+            200: {
+                "description": "The image bytes (content-type tells the format), or JSON with Accept: application/json",
+                "model": GenerationAnswer,
+                "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in mimes},
+                "headers": {
+                    name: {"description": text, "schema": {"type": "string"}} for name, text in RESPONSE_HEADERS.items()
+                },
+            },
+            **openapi_responses(401, 413, 422, 429, 500, 503, 504),
+        },
+    }

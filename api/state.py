@@ -1,0 +1,67 @@
+"""What one app holds across requests, and the `Annotated` dependencies through which routes reach it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from registry import GROUPS, Route, routes_of
+
+from .gate import GroupGate
+from .metrics import Metrics
+from .settings import Settings
+from .triton_client import TritonBackend
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    gates: dict[str, GroupGate] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    first_generation_done: bool = False
+    _backend: TritonBackend | None = None
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.gates = {
+            name: GroupGate(name, GROUPS[name].max_concurrency, GROUPS[name].max_queue, s.retry_after_s)
+            for name in s.served_groups
+        }
+
+    @property
+    def routes(self) -> list[Route]:
+        """The registry's routes of the groups this API serves."""
+        return [r for g in self.settings.served_groups for r in routes_of(g)]
+
+    def backend(self) -> TritonBackend:
+        # Made by the lifespan in the serving loop; made on first use where no lifespan ran (httpx ASGITransport).
+        if self._backend is None:
+            s = self.settings
+            self._backend = TritonBackend(s.triton_grpc_url, s.retry_after_s, s.probe_timeout_s)
+        return self._backend
+
+    async def close(self) -> None:
+        if self._backend is not None:
+            await self._backend.close()
+            self._backend = None
+
+    def claim_cold_start(self) -> bool:
+        """True exactly once: for this process's first generation that Triton answered."""
+        cold, self.first_generation_done = not self.first_generation_done, True
+        return cold
+
+
+def _state(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+def _backend(request: Request) -> TritonBackend:
+    return _state(request).backend()
+
+
+State = Annotated[ApiState, Depends(_state)]
+Backend = Annotated[TritonBackend, Depends(_backend)]

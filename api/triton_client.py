@@ -1,0 +1,143 @@
+"""Talking to Triton: one async gRPC client, request tensors from the registry's pipeline contract, and the mapping
+of Triton's failures onto the API's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from registry import PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX, Task, parse_invalid_request
+
+from .errors import ApiError
+
+log = logging.getLogger("api.triton")
+
+_NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+_CHANNEL_ARGS = [
+    # Images of 4 x 2048² x 3 bytes exceed gRPC's 4 MiB default.
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    # Reconnect within a second after Triton restarts; gRPC's default backoff grows to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+# gRPC statuses that mean "no model to answer right now": Triton down or restarting (UNAVAILABLE), the model not
+# loaded or still loading (NOT_FOUND: "unknown model ... has no available versions"), the server cancelling in-flight
+# work while it shuts down (CANCELLED).
+_UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED"}
+_UNAVAILABLE_TEXT = ("is not found", "no available versions", "is not ready", "failed to connect")
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    images: np.ndarray  # N x H x W x 3 uint8
+    model: str  # the checkpoint label that served it
+    pipeline_s: float  # inside the pipeline model
+    triton_s: float  # the whole round trip: network, Triton's queue, the pipeline
+
+
+def unavailable(retry_after_s: int, detail: str) -> ApiError:
+    return ApiError(503, f"the model backend is unavailable ({detail}); retry later", headers=_retry(retry_after_s))
+
+
+def _retry(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
+
+
+def map_triton_error(exc: InferenceServerException, retry_after_s: int, request_id: str = "") -> ApiError:
+    """Triton's failure as the API's error. 500s carry no Triton text: it can hold a model's stack trace."""
+    status, message = str(exc.status() or ""), str(exc.message() or "")
+    invalid = parse_invalid_request(message)
+    if invalid:
+        field, why = invalid
+        return ApiError(422, f"{field}: {why}", field=field)
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return ApiError(504, "the generation ran past the route's time limit and was cancelled")
+    if status in _UNAVAILABLE_STATUSES or any(marker in message for marker in _UNAVAILABLE_TEXT):
+        reachable = status != "StatusCode.UNAVAILABLE"
+        return unavailable(retry_after_s, "the model is not loaded" if reachable else "Triton is not reachable")
+    log.error("request %s: Triton failed: %s %s", request_id or "-", status, message)
+    return ApiError(500, "the model failed")
+
+
+class TritonBackend:
+    """One async client per app, owned by the lifespan; its channel reconnects by itself after Triton restarts."""
+
+    def __init__(self, url: str, retry_after_s: int, probe_timeout_s: float) -> None:
+        self.url = url
+        self.retry_after_s = retry_after_s
+        self.probe_timeout_s = probe_timeout_s
+        self.client = InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def infer(
+        self, model: str, task: Task, values: dict[str, Any], timeout_s: float, request_id: str = ""
+    ) -> PipelineResult:
+        specs = PIPELINE_INPUTS[task]
+        if set(values) != {s.name for s in specs}:  # a programming error, not the client's: a 500
+            raise ValueError(f"inputs {sorted(values)} do not match the registry's {[s.name for s in specs]}")
+        inputs = []
+        for spec in specs:
+            value = values[spec.name]
+            tensor = InferInput(spec.name, list(spec.dims), spec.dtype)
+            data = np.array([value.encode() if isinstance(value, str) else value], dtype=_NUMPY[spec.dtype])
+            tensor.set_data_from_numpy(data.reshape(spec.dims))
+            inputs.append(tensor)
+        outputs = [InferRequestedOutput(s.name) for s in PIPELINE_OUTPUTS]
+        t0 = time.perf_counter()
+        try:
+            # client_timeout is a gRPC deadline: Triton sees the request cancelled and the model can stop early.
+            # wait_for is the backstop should the deadline never fire; cancelling it cancels the RPC too.
+            result = await asyncio.wait_for(
+                self.client.infer(model, inputs, outputs=outputs, client_timeout=timeout_s, request_id=request_id),
+                timeout_s + 1.0,
+            )
+        except InferenceServerException as exc:
+            raise map_triton_error(exc, self.retry_after_s, request_id) from None
+        except TimeoutError:
+            raise ApiError(504, "the generation ran past the route's time limit and was cancelled") from None
+        triton_s = time.perf_counter() - t0
+        images = result.as_numpy("IMAGES")
+        if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            shape = None if images is None else (images.dtype, images.shape)
+            log.error("request %s: model %s answered IMAGES %r", request_id or "-", model, shape)
+            raise ApiError(500, "the model answered malformed images")
+        return PipelineResult(
+            images=images,
+            model=result.as_numpy("MODEL").reshape(-1)[0].decode(),
+            pipeline_s=float(result.as_numpy("PIPELINE_S").reshape(-1)[0]),
+            triton_s=triton_s,
+        )
+
+    async def model_ready(self, model: str) -> bool:
+        """Triton up and ready, and this model loaded and ready; False on any failure, never a hang."""
+        try:
+            return bool(await self.client.is_server_ready(client_timeout=self.probe_timeout_s)) and bool(
+                await self.client.is_model_ready(model, client_timeout=self.probe_timeout_s)
+            )
+        except InferenceServerException:
+            return False
+
+    async def sources(self, model: str) -> dict[str, str]:
+        """checkpoint key -> the source label the loaded pipeline model names in its config parameters."""
+        try:
+            config = await self.client.get_model_config(model, as_json=True, client_timeout=self.probe_timeout_s)
+        except InferenceServerException:
+            return {}
+        params = config.get("config", {}).get("parameters", {})
+        return {
+            key.removeprefix(SOURCE_PARAMETER_PREFIX): value.get("string_value", "")
+            for key, value in params.items()
+            if key.startswith(SOURCE_PARAMETER_PREFIX)
+        }
