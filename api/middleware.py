@@ -66,25 +66,29 @@ class GatewayMiddleware:
                 message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
             await send(message)
 
+        client_gone = False
         try:
-            await self._gate(scope, receive, send_tagged)
+            client_gone = not await self._gate(scope, receive, send_tagged)
         finally:
-            # A response never started means an exception escaped: Starlette's outer handler answers 500.
+            # No response started: the client left mid-body (499, nginx's "client closed request"), or an exception
+            # escaped and Starlette's outer handler answers 500.
+            status = status_seen[0] if status_seen else 499 if client_gone else 500
             label = self.route_label(path)
-            self.metrics.requests.labels(route=label, status=str(status_seen[0] if status_seen else 500)).inc()
+            self.metrics.requests.labels(route=label, status=str(status)).inc()
             self.metrics.latency.labels(route=label).observe(time.perf_counter() - arrival)
 
-    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answers the request; False when the client disconnected before its body was in."""
         headers = dict(scope["headers"])
         if self.keys.enabled and self.protected(scope["path"]) and not self.keys.authorized(headers):
             message = "a valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)"
             await _answer(send, 401, message, [(b"www-authenticate", b"Bearer")])
-            return
+            return True
         too_large = f"the body is over the limit of {self.max_body_bytes} bytes"
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _answer(send, 413, too_large)
-            return
+            return True
         # Read the body here, counting, and replay it: a chunked upload without Content-Length is bounded too.
         chunks: list[bytes] = []
         size = 0
@@ -92,12 +96,12 @@ class GatewayMiddleware:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return False
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 await _answer(send, 413, too_large)
-                return
+                return True
             chunks.append(chunk)
             more = message.get("more_body", False)
         replayed = False
@@ -110,3 +114,4 @@ class GatewayMiddleware:
             return await receive()  # after the body: the real channel, so a disconnect is still seen
 
         await self.app(scope, replay, send)
+        return True

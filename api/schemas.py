@@ -53,6 +53,7 @@ def request_model(route: Route) -> type[TextToImageRequest]:
         raise NotImplementedError(f"{route.path}: no request model for task {route.task}")
     lim = route.limits
     prompt = Annotated[str, Field(min_length=1, max_length=lim.max_prompt_chars)]
+    negative = Annotated[str, Field(max_length=lim.max_prompt_chars)]  # blank means none (see the validator)
     size = Annotated[int, Field(ge=lim.min_size, le=lim.max_size, multiple_of=lim.size_multiple)]
     name = "".join(part.capitalize() for part in route.path.strip("/").replace(".", "-").split("-")) + "Request"
     return create_model(
@@ -60,7 +61,7 @@ def request_model(route: Route) -> type[TextToImageRequest]:
         __base__=TextToImageRequest,
         __doc__=route.summary,
         prompt=(prompt, Field(description="What to draw")),
-        negative_prompt=(prompt | None, Field(default=None, description="What to avoid; used whenever CFG runs")),
+        negative_prompt=(negative | None, Field(default=None, description="What to avoid; used whenever CFG runs")),
         width=(size, Field(default=route.width, description=f"Multiple of {lim.size_multiple}")),
         height=(size, Field(default=route.height, description=f"Multiple of {lim.size_multiple}")),
         steps=(Annotated[int, Field(ge=1, le=lim.max_steps)], route.steps),

@@ -65,6 +65,7 @@ def test_missing_or_wrong_key_is_401(client: TestClient, headers: dict) -> None:
         {"authorization": f"bearer {OTHER_KEY}"},
         {"authorization": "", "x-api-key": OTHER_KEY},
         {"authorization": "", "x-api-key": KEY},
+        {"authorization": f"Bearer {KEY}", "x-api-key": "stale"},  # one valid key is enough
     ],
 )
 def test_either_key_header_passes_auth(client: TestClient, headers: dict) -> None:
