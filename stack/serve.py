@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
     args = parser.parse_args(argv)
 
+    # Stop the same way on Ctrl-C and on `kill`, even when started from a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     dirs = BuildDirs(Path(args.build_dir))
     t0 = time.perf_counter()
     repository = build_local_repository(dirs)
@@ -56,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
             "[serve] Ctrl-C stops everything.",
             flush=True,
         )
-        signal.signal(signal.SIGTERM, _interrupt)  # stop the same way on `kill` as on Ctrl-C
         while api.poll() is None and triton.process is not None and triton.process.poll() is None:
             time.sleep(0.5)
         print("[serve] a process exited; stopping", flush=True)
