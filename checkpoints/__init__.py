@@ -1,6 +1,16 @@
 """Where checkpoints come from: pinned hub revisions in production, tiny random-weight folders here."""
 
-from .source import MODES, ResolvedCheckpoint, resolve
-from .tiny import BUILDERS, build_tiny
+from .source import MODES, ResolvedCheckpoint, UnpinnedRevisionError, check_pinned, resolve
+from .tiny import BUILDER_VERSION, BUILDERS, DEFAULT_ROOT, build_tiny
 
-__all__ = ["BUILDERS", "MODES", "ResolvedCheckpoint", "build_tiny", "resolve"]
+__all__ = [
+    "BUILDERS",
+    "BUILDER_VERSION",
+    "DEFAULT_ROOT",
+    "MODES",
+    "ResolvedCheckpoint",
+    "UnpinnedRevisionError",
+    "build_tiny",
+    "check_pinned",
+    "resolve",
+]

@@ -1,5 +1,6 @@
 """Resolve a registry checkpoint to a local diffusers folder: the pinned Hugging Face revision in production, the
-tiny random-weight stand-in here, or a folder given by path. All three are then loaded by the same code."""
+tiny random-weight stand-in here, or a folder given by path. All three are then loaded by the same code
+(`FluxPipeline.from_pretrained(path)`, `<Model>.from_pretrained(path / subfolder)`)."""
 
 from __future__ import annotations
 
@@ -8,38 +9,58 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry import CHECKPOINTS
+from registry import CHECKPOINTS, Checkpoint
 
-from .tiny import build_tiny
+from .tiny import DEFAULT_ROOT, build_tiny
 
 MODES = ("tiny", "hub", "local")
+ALLOW_UNPINNED_ENV = "RYLA_ALLOW_UNPINNED"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# The diffusers folders only: the FLUX repos also hold single-file checkpoints at the top level (~35 GB) that no
+# diffusers loader reads.
+_HUB_PATTERNS = ["model_index.json", "*/*"]
 
 
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     key: str
     path: Path
-    label: str  # what served a request: "local:<path>" or "hub:<id>@<revision>"
+    label: str  # what served a request: "local:<abs path>" or "hub:<id>@<commit>"
 
 
-def resolve(key: str, mode: str, root: Path, path: Path | None = None) -> ResolvedCheckpoint:
+class UnpinnedRevisionError(ValueError):
+    pass
+
+
+def check_pinned(checkpoint: Checkpoint) -> None:
+    """A floating revision ("main") would let a served model change without a rebuild: refuse it unless told."""
+    if _COMMIT.match(checkpoint.revision) or os.environ.get(ALLOW_UNPINNED_ENV) == "1":
+        return
+    raise UnpinnedRevisionError(
+        f"{checkpoint.key}: revision {checkpoint.revision!r} of {checkpoint.hub_id} is not a pinned 40-hex commit "
+        f"SHA; pin it in registry/catalog.py (or set {ALLOW_UNPINNED_ENV}=1 for a one-off build)"
+    )
+
+
+def resolve(key: str, mode: str, root: Path = DEFAULT_ROOT, path: Path | None = None) -> ResolvedCheckpoint:
+    """The local folder of checkpoint `key`.
+
+    mode "tiny": build (or reuse) the tiny stand-in under `root`; "hub": download the pinned revision's diffusers
+    folders into `root/hub` (HF_TOKEN for gated repos); "local": the diffusers folder at `path`.
+    """
+    if key not in CHECKPOINTS:
+        raise KeyError(f"unknown checkpoint {key!r}; known: {sorted(CHECKPOINTS)}")
     checkpoint = CHECKPOINTS[key]
     if mode == "tiny":
         folder = build_tiny(checkpoint.tiny, Path(root)).resolve()
         return ResolvedCheckpoint(key, folder, f"local:{folder}")
     if mode == "local":
-        if path is None or not (Path(path) / "model_index.json").exists():
+        if path is None or not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"{key}: {path} is not a diffusers checkpoint folder (no model_index.json)")
         folder = Path(path).resolve()
         return ResolvedCheckpoint(key, folder, f"local:{folder}")
     if mode == "hub":
-        # A floating revision would let a model change under a served route without a rebuild.
-        if not _COMMIT.match(checkpoint.revision) and os.environ.get("RYLA_ALLOW_UNPINNED") != "1":
-            raise ValueError(
-                f"{key}: revision {checkpoint.revision!r} of {checkpoint.hub_id} is not a pinned 40-hex commit; "
-                "pin it in registry/catalog.py (or set RYLA_ALLOW_UNPINNED=1 for a one-off build)"
-            )
+        check_pinned(checkpoint)
         from huggingface_hub import snapshot_download
 
         folder = Path(
@@ -47,8 +68,9 @@ def resolve(key: str, mode: str, root: Path, path: Path | None = None) -> Resolv
                 checkpoint.hub_id,
                 revision=checkpoint.revision,
                 cache_dir=str(Path(root) / "hub"),
-                token=os.environ.get("HF_TOKEN"),
+                allow_patterns=_HUB_PATTERNS,
             )
         )
-        return ResolvedCheckpoint(key, folder, f"hub:{checkpoint.hub_id}@{checkpoint.revision}")
+        # The snapshot folder is named by the commit it holds: the label names what was served even when unpinned.
+        return ResolvedCheckpoint(key, folder, f"hub:{checkpoint.hub_id}@{folder.name}")
     raise ValueError(f"unknown checkpoint mode {mode!r}; expected one of {MODES}")

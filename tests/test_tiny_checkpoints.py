@@ -1,5 +1,5 @@
-"""Tiny checkpoints: the real diffusers layout, loadable by the stock pipeline, deterministic, and sharing what the
-real FLUX.1 repos share."""
+"""Tiny checkpoints: the real diffusers layout, loadable by the stock pipeline, deterministic, sharing what the real
+FLUX.1 repos share, with tokenizers that round-trip; and the resolver's refusal of unpinned hub revisions."""
 
 from __future__ import annotations
 
@@ -9,69 +9,167 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import torch
 from diffusers import FluxPipeline
 
-from checkpoints import build_tiny, resolve
-from export.manifest import content_hash
-from registry import CHECKPOINTS
-from stack.local import BuildDirs
+from checkpoints import BUILDER_VERSION, UnpinnedRevisionError, build_tiny, check_pinned, resolve
+from checkpoints.__main__ import main as checkpoints_main
+from checkpoints.tiny import STAMP
+from export import content_hash
+from registry import CHECKPOINTS, checkpoints_of
+
+FLUX_KEYS = [c.key for c in checkpoints_of("flux")]
+SHARED = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+SUBFOLDERS = (*SHARED, "transformer", "scheduler")
 
 
 @pytest.fixture(scope="module")
-def flux_dirs(stack_dirs: BuildDirs) -> dict[str, Path]:
-    return {k: resolve(k, "tiny", stack_dirs.checkpoints).path for k in ("flux-schnell", "flux-dev")}
+def dev_pipe(tiny_checkpoint_dirs: dict[str, Path]) -> FluxPipeline:
+    return FluxPipeline.from_pretrained(tiny_checkpoint_dirs["flux-dev"])
 
 
-def test_layout_is_the_diffusers_one(flux_dirs: dict[str, Path]) -> None:
-    for path in flux_dirs.values():
-        index = json.loads((path / "model_index.json").read_text())
-        assert index["_class_name"] == "FluxPipeline"
-        for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "vae", "scheduler"):
-            assert (path / name).is_dir(), name
-        assert list((path / "transformer").glob("*.safetensors"))
+def test_every_registry_checkpoint_has_a_tiny_folder(tiny_checkpoint_dirs: dict[str, Path]) -> None:
+    assert set(tiny_checkpoint_dirs) == set(CHECKPOINTS)
+    for key, path in tiny_checkpoint_dirs.items():
+        assert path.name == CHECKPOINTS[key].tiny
+        assert json.loads((path / STAMP).read_text())["version"] == BUILDER_VERSION
 
 
-@pytest.mark.parametrize("key", ["flux-schnell", "flux-dev"])
-def test_stock_pipeline_runs_and_is_deterministic(flux_dirs: dict[str, Path], key: str) -> None:
-    pipe = FluxPipeline.from_pretrained(flux_dirs[key])
+@pytest.mark.parametrize("key", FLUX_KEYS)
+def test_layout_is_the_diffusers_one(tiny_checkpoint_dirs: dict[str, Path], key: str) -> None:
+    path = tiny_checkpoint_dirs[key]
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "FluxPipeline"
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["text_encoder_2"] == ["transformers", "T5EncoderModel"]
+    assert index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    for sub in SUBFOLDERS:
+        assert (path / sub).is_dir(), sub
+    for sub in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        assert list((path / sub).glob("*.safetensors")) and (path / sub / "config.json").is_file(), sub
+    # The tokenizer files of the real repos, not only transformers 5's tokenizer.json.
+    assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {f.name for f in (path / "tokenizer").iterdir()}
+    assert {"spiece.model", "tokenizer.json"} <= {f.name for f in (path / "tokenizer_2").iterdir()}
+    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 3_000_000
+
+
+@pytest.mark.parametrize("key", FLUX_KEYS)
+def test_stock_pipeline_runs_and_is_deterministic(tiny_checkpoint_dirs: dict[str, Path], key: str) -> None:
+    pipe = FluxPipeline.from_pretrained(tiny_checkpoint_dirs[key])
     pipe.set_progress_bar_config(disable=True)
+    max_len = CHECKPOINTS[key].max_sequence_length
 
     def run(seed: int) -> np.ndarray:
-        out = pipe("a fox", height=256, width=256, num_inference_steps=2, generator=torch.Generator().manual_seed(seed))
-        return np.asarray(out.images[0])
+        out = pipe(
+            "a red fox on a snowy cliff",
+            height=256,
+            width=256,
+            num_inference_steps=2,
+            max_sequence_length=max_len,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        )
+        return out.images
 
     first = run(0)
-    assert first.shape == (256, 256, 3)
+    assert first.shape == (1, 256, 256, 3)
+    assert np.isfinite(first).all()
     assert np.array_equal(first, run(0))
     assert not np.array_equal(first, run(1))
-    assert pipe.vae_scale_factor == 8  # sizes behave as with the real 4-level VAE
-    assert pipe.transformer.config.guidance_embeds is (key == "flux-dev")
 
 
-def test_shared_modules_are_byte_identical(flux_dirs: dict[str, Path]) -> None:
-    dev, schnell = flux_dirs["flux-dev"], flux_dirs["flux-schnell"]
-    for shared in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"):
-        assert content_hash(dev / shared) == content_hash(schnell / shared), shared
+@pytest.mark.parametrize("key", FLUX_KEYS)
+def test_configs_behave_like_the_real_ones(tiny_checkpoint_dirs: dict[str, Path], key: str) -> None:
+    pipe = FluxPipeline.from_pretrained(tiny_checkpoint_dirs[key], text_encoder=None, text_encoder_2=None)
+    dev = key == "flux-dev"
+    assert pipe.vae_scale_factor == 8  # four VAE levels, as in FLUX.1
+    assert pipe.vae.config.latent_channels == 16 and pipe.transformer.config.in_channels == 64
+    assert pipe.vae.config.scaling_factor == 0.3611 and pipe.vae.config.shift_factor == 0.1159
+    t = pipe.transformer.config
+    assert sum(t.axes_dims_rope) == t.attention_head_dim
+    assert t.guidance_embeds is dev
+    s = pipe.scheduler.config
+    assert (s.shift, s.use_dynamic_shifting) == ((3.0, True) if dev else (1.0, False))
+    assert (s.base_shift, s.max_shift, s.base_image_seq_len, s.max_image_seq_len) == (0.5, 1.15, 256, 4096)
+    assert pipe.tokenizer.model_max_length == 77
+    assert pipe.tokenizer_2.model_max_length >= max(c.max_sequence_length for c in checkpoints_of("flux"))
+
+
+def test_shared_modules_are_byte_identical(tiny_checkpoint_dirs: dict[str, Path]) -> None:
+    dev, schnell = tiny_checkpoint_dirs["flux-dev"], tiny_checkpoint_dirs["flux-schnell"]
+    for sub in SHARED:
+        assert content_hash(dev / sub) == content_hash(schnell / sub), sub
     assert content_hash(dev / "transformer") != content_hash(schnell / "transformer")
+    assert content_hash(dev / "scheduler") != content_hash(schnell / "scheduler")
 
 
-def test_rebuild_gives_the_same_bytes(tmp_path: Path, flux_dirs: dict[str, Path]) -> None:
+def test_rebuild_is_identical_and_cached(tiny_checkpoint_dirs: dict[str, Path], tmp_path: Path) -> None:
     rebuilt = build_tiny("flux-dev", tmp_path)
-    for sub in ("transformer", "text_encoder", "tokenizer", "tokenizer_2", "vae"):
-        assert content_hash(rebuilt / sub) == content_hash(flux_dirs["flux-dev"] / sub), sub
+    for sub in SUBFOLDERS:
+        assert content_hash(rebuilt / sub) == content_hash(tiny_checkpoint_dirs["flux-dev"] / sub), sub
+    weights = rebuilt / "transformer" / "diffusion_pytorch_model.safetensors"
+    built_at = weights.stat().st_mtime_ns
+    assert build_tiny("flux-dev", tmp_path) == rebuilt and weights.stat().st_mtime_ns == built_at  # reused
+    (rebuilt / STAMP).write_text(json.dumps({"version": BUILDER_VERSION - 1}))
+    build_tiny("flux-dev", tmp_path)  # an older builder's folder is rebuilt
+    assert weights.stat().st_mtime_ns != built_at
+    assert json.loads((rebuilt / STAMP).read_text())["version"] == BUILDER_VERSION
 
 
-def test_tokenizers_tokenize(flux_dirs: dict[str, Path]) -> None:
-    pipe = FluxPipeline.from_pretrained(flux_dirs["flux-dev"], transformer=None, vae=None)
-    clip = pipe.tokenizer("a red fox", padding="max_length", max_length=77)
-    assert len(clip.input_ids) == 77 and clip.input_ids[0] == pipe.tokenizer.bos_token_id
-    t5 = pipe.tokenizer_2("a red fox").input_ids
-    assert t5[-1] == pipe.tokenizer_2.eos_token_id and pipe.tokenizer_2.unk_token_id not in t5
+def test_tokenizers_round_trip(dev_pipe: FluxPipeline, tiny_checkpoint_dirs: dict[str, Path]) -> None:
+    clip, t5 = dev_pipe.tokenizer, dev_pipe.tokenizer_2
+    text = "a red fox on a snowy cliff at sunset"
+    ids = clip(text, padding="max_length", max_length=77, truncation=True).input_ids
+    assert len(ids) == 77 and ids[0] == clip.bos_token_id
+    assert ids[len(text.split()) + 1] == clip.eos_token_id  # one token per corpus word, then the end
+    assert clip.decode(ids, skip_special_tokens=True) == text
+    assert clip.decode(clip("A Red FOX").input_ids, skip_special_tokens=True) == "a red fox"  # CLIP lower-cases
+
+    mixed = "A red fox, 2 cats and a DRAGON on a snowy cliff!"
+    t5_ids = t5(mixed).input_ids
+    assert t5_ids[-1] == t5.eos_token_id and t5.unk_token_id not in t5_ids
+    assert t5.decode(t5_ids, skip_special_tokens=True) == mixed
+    # tokenizer.json and spiece.model are the same tokenizer.
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_checkpoint_dirs["flux-dev"] / "tokenizer_2" / "spiece.model"))
+    assert t5_ids == [*sp.encode(mixed), t5.eos_token_id]
+    # FLUX-dev pads and truncates T5 to 512 tokens.
+    long = t5(" ".join([text] * 200), padding="max_length", max_length=512, truncation=True).input_ids
+    assert len(long) == 512 and long[-1] == t5.eos_token_id
+    assert t5("a", padding="max_length", max_length=512).input_ids[2:] == [t5.pad_token_id] * 510
+
+
+def test_resolve_modes(tiny_checkpoint_dirs: dict[str, Path], tmp_path: Path) -> None:
+    path = tiny_checkpoint_dirs["flux-dev"]
+    tiny = resolve("flux-dev", "tiny", path.parent)
+    assert tiny.path == path and tiny.label == f"local:{path}"
+    local = resolve("flux-dev", "local", tmp_path, path=path)
+    assert local.path == path and local.label == f"local:{path}"
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        resolve("flux-dev", "local", tmp_path, path=tmp_path)
+    with pytest.raises(ValueError, match="unknown checkpoint mode"):
+        resolve("flux-dev", "ftp", tmp_path)
+    with pytest.raises(KeyError):
+        resolve("no-such-model", "tiny", tmp_path)
 
 
 def test_hub_mode_refuses_an_unpinned_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RYLA_ALLOW_UNPINNED", raising=False)
-    monkeypatch.setitem(CHECKPOINTS, "flux-dev", dataclasses.replace(CHECKPOINTS["flux-dev"], revision="main"))
-    with pytest.raises(ValueError, match="not a pinned 40-hex commit"):
+    unpinned = dataclasses.replace(CHECKPOINTS["flux-dev"], revision="main")
+    monkeypatch.setitem(CHECKPOINTS, "flux-dev", unpinned)
+    with pytest.raises(UnpinnedRevisionError, match="not a pinned 40-hex commit"):
         resolve("flux-dev", "hub", tmp_path)
+    assert not (tmp_path / "hub").exists()  # refused before any download
+    check_pinned(dataclasses.replace(unpinned, revision="0123456789abcdef0123456789abcdef01234567"))
+    monkeypatch.setenv("RYLA_ALLOW_UNPINNED", "1")
+    check_pinned(unpinned)
+
+
+def test_cli_reuses_built_checkpoints(tiny_checkpoint_dirs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    root = tiny_checkpoint_dirs["flux-dev"].parent
+    checkpoints_main(["--mode", "tiny", "--root", str(root)])
+    out = capsys.readouterr().out
+    for key, path in tiny_checkpoint_dirs.items():
+        assert f"[checkpoints] {key}: local:{path}" in out
