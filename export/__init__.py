@@ -2,6 +2,19 @@
 
 TensorRT plans are built from these ONNX files on the GPU (a later issue)."""
 
-from .family import ExportError, export_family
+from .family import EXPORTED, NOT_GIVEN, UNCHANGED, export_family, source_hash
+from .manifest import EXPORTER_VERSION, content_hash
+from .onnx_export import PARITY_LIMIT, ExportError, ParityError
 
-__all__ = ["ExportError", "export_family"]
+__all__ = [
+    "EXPORTED",
+    "EXPORTER_VERSION",
+    "NOT_GIVEN",
+    "PARITY_LIMIT",
+    "UNCHANGED",
+    "ExportError",
+    "ParityError",
+    "content_hash",
+    "export_family",
+    "source_hash",
+]

@@ -2,37 +2,78 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from registry import FAMILIES, Component
+from registry import FAMILIES, Component, Family
 
 from . import manifest as mf
-from .adapters import ADAPTERS
-from .onnx_export import OPSET, check_parity, export_onnx, max_errors
+from .adapters import ADAPTERS, INITIALIZER_PREFIX, PARITY_SHAPES
+from .onnx_export import OPTIONS, PARITY_LIMIT, ExportError, check_parity, export_onnx, max_errors
 
-OPTIONS = {"opset": OPSET, "dynamo": True, "optimize": False, "dtype": "float32"}
-
-
-class ExportError(RuntimeError):
-    pass
+# last_run values
+EXPORTED, UNCHANGED, NOT_GIVEN = "exported", "unchanged", "not_given"
 
 
-def _source_hash(component: Component, checkpoint_dirs: Mapping[str, Path]) -> str:
-    """The component's content hash; every checkpoint that claims to share it must hold the same bytes."""
+def _log(message: str) -> None:
+    print(f"[export] {message}", flush=True)
+
+
+def source_hash(component: Component, checkpoint_dirs: Mapping[str, Path]) -> str:
+    """The content hash of the component's subfolder; every given checkpoint that the registry says shares it must
+    hold the same bytes."""
     present = [k for k in component.checkpoints if k in checkpoint_dirs]
     if not present:
-        raise ExportError(f"{component.triton_model}: none of {component.checkpoints} was given")
+        raise ExportError(f"{component.triton_model}: none of {list(component.checkpoints)} was given")
     hashes = {k: mf.content_hash(Path(checkpoint_dirs[k]) / component.subfolder) for k in present}
     if len(set(hashes.values())) > 1:
         raise ExportError(
             f"{component.triton_model}: the registry says {present} share {component.subfolder}/, but their "
-            f"weights differ ({', '.join(f'{k}={h[:12]}' for k, h in hashes.items())}); "
+            f"files differ ({', '.join(f'{k}={h[:12]}' for k, h in hashes.items())}); "
             "give each its own component in registry/catalog.py"
         )
     return next(iter(hashes.values()))
+
+
+def _dims_used(component: Component, family: Family) -> dict[str, dict[str, int]]:
+    names = {d for spec in (*component.inputs, *component.outputs) for d in spec.dims if isinstance(d, str)}
+    return {d.name: {"min": d.min, "opt": d.opt, "max": d.max} for d in family.dims if d.name in names}
+
+
+def _label(key: str, checkpoint_dirs: Mapping[str, Path], labels: Mapping[str, str] | None) -> str:
+    return (labels or {}).get(key, f"local:{Path(checkpoint_dirs[key]).resolve()}")
+
+
+def _files_fresh(entry: dict, folder: Path) -> bool:
+    """Every other recorded file (external weights) is still there at its recorded size: cheap, unlike hashing."""
+    return all((folder / n).is_file() and (folder / n).stat().st_size == b for n, b in entry.get("files", {}).items())
+
+
+def _export_one(
+    component: Component,
+    family: Family,
+    source: Path,
+    staging: Path,
+) -> tuple[dict, int]:
+    """Export into `staging`, check the graph and parity; returns (manifest fields, parameter count)."""
+    adapter = ADAPTERS[component.exporter]
+    module = adapter.load(source).eval()
+    shapes = PARITY_SHAPES[family.name]
+    t0 = time.perf_counter()
+    export_onnx(component, family, module, adapter.example(module, shapes[0]), staging / "model.onnx")
+    export_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parity = max_errors(component, module, adapter, staging / "model.onnx", shapes)
+    parity_s = time.perf_counter() - t0
+    check_parity(component, parity)
+    parameters = sum(p.numel() for p in module.parameters())
+    del module
+    gc.collect()  # the next component should not share memory with this one's weights (real sizes: tens of GB)
+    return {"parity": parity, "export_s": round(export_s, 2), "parity_s": round(parity_s, 2)}, parameters
 
 
 def export_family(
@@ -43,64 +84,90 @@ def export_family(
     force: bool = False,
     labels: Mapping[str, str] | None = None,
 ) -> dict:
-    """Export the stale components of `family` to `out_dir/<triton_model>/model.onnx`; returns the manifest, whose
-    `last_run` maps each model to "exported" or "unchanged"."""
+    """Export the stale components of `family` to `out_dir/<triton_model>/model.onnx` and record them in
+    `out_dir/manifest.json`.
+
+    `checkpoint_dirs` maps checkpoint keys to diffusers folders; `labels` says where each came from ("hub:id@rev",
+    "local:path"; default the path). A component none of whose checkpoints is given is left alone. Returns the
+    manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given".
+    """
     fam = FAMILIES[family]
+    out_dir = Path(out_dir)
     manifest = mf.load(out_dir)
     versions = mf.versions()
     last_run: dict[str, str] = {}
+    # Every shared subfolder is checked before anything is exported: a mismatch fails fast and changes nothing.
+    contents = {
+        c.triton_model: source_hash(c, checkpoint_dirs)
+        for c in fam.components
+        if any(k in checkpoint_dirs for k in c.checkpoints)
+    }
     for component in fam.components:
         name = component.triton_model
-        source_hash = _source_hash(component, checkpoint_dirs)
+        present = [k for k in component.checkpoints if k in checkpoint_dirs]
+        if not present:
+            _log(f"{name}: none of {list(component.checkpoints)} given, skipped")
+            last_run[name] = NOT_GIVEN
+            continue
+        content = contents[name]
         key = mf.artifact_key(
-            content=source_hash,
+            content=content,
             component=asdict(component),
+            dims=_dims_used(component, fam),
             options=OPTIONS,
             versions=versions,
-            dims=[asdict(d) for d in fam.dims],
+            parity_shapes=PARITY_SHAPES[fam.name],
         )
-        artifact = out_dir / name / "model.onnx"
-        if not force and mf.is_fresh(manifest["models"].get(name), key, artifact):
-            print(f"[export] {name}: unchanged, skipped", flush=True)
-            last_run[name] = "unchanged"
+        entry = manifest["models"].get(name)
+        folder = out_dir / name
+        if not force and mf.is_fresh(entry, key, folder / "model.onnx") and _files_fresh(entry, folder):
+            _log(f"{name}: unchanged, skipped")
+            last_run[name] = UNCHANGED
             continue
-        first = next(k for k in component.checkpoints if k in checkpoint_dirs)
-        print(f"[export] {name}: exporting {component.subfolder}/ of {first}", flush=True)
-        adapter = ADAPTERS[component.exporter]
-        module = adapter.load(Path(checkpoint_dirs[first]) / component.subfolder).eval()
-        # Export into a fresh folder and swap it in, so Triton never sees a half-written model.
+        first = present[0]
+        _log(f"{name}: exporting {component.subfolder}/ of {first} ({component.exporter})")
+        # Export into a fresh folder and swap it in, so a reader never sees a half-written or unchecked model.
         staging = out_dir / f".{name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
-        seconds = export_onnx(component, fam, module, adapter, staging / "model.onnx")
-        parity = max_errors(component, module, adapter, staging / "model.onnx", adapter.shapes)
-        check_parity(component, parity)
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-        staging.rename(out_dir / name)
-        size = sum(f.stat().st_size for f in (out_dir / name).iterdir())
+        try:
+            fields, parameters = _export_one(
+                component, fam, Path(checkpoint_dirs[first]) / component.subfolder, staging
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.name != "model.onnx"}
+        size = (folder / "model.onnx").stat().st_size + sum(files.values())
         manifest["models"][name] = {
             "key": key,
-            "sha256": mf.file_sha256(artifact),
             "family": family,
-            "component": component.role,
+            "role": component.role,
             "exporter": component.exporter,
-            "checkpoints": [k for k in component.checkpoints if k in checkpoint_dirs],
-            "source": (labels or {}).get(first, str(checkpoint_dirs[first])),
-            "content_hash": source_hash,
+            "checkpoints": present,
+            "exported_from": first,
+            "label": _label(first, checkpoint_dirs, labels),
+            "labels": {k: _label(k, checkpoint_dirs, labels) for k in present},
+            "subfolder": component.subfolder,
+            "content_hash": content,
             "options": OPTIONS,
             "versions": versions,
             "inputs": [asdict(s) for s in component.inputs],
             "outputs": [asdict(s) for s in component.outputs],
-            "parity": parity,
-            "export_s": round(seconds, 2),
+            "dims": _dims_used(component, fam),
+            "parity_limit": PARITY_LIMIT,
+            **fields,
             "bytes": size,
-            "parameters": sum(p.numel() for p in module.parameters()),
+            "files": files,
+            "sha256": mf.file_sha256(folder / "model.onnx"),
+            "parameters": parameters,
+            "initializer_prefix": INITIALIZER_PREFIX,
         }
         mf.save(out_dir, manifest)
-        worst = max(e for row in parity for e in row["max_abs_error"].values())
-        print(
-            f"[export] {name}: exported in {seconds:.1f}s, {size / 1e6:.1f} MB, max |ORT-torch| {worst:.1e}", flush=True
+        worst = max(e for row in fields["parity"] for e in row["max_abs_error"].values())
+        _log(
+            f"{name}: exported in {fields['export_s']:.1f}s (+{fields['parity_s']:.1f}s parity), "
+            f"{size / 1e6:.2f} MB, max |ORT-torch| {worst:.1e} at 2 shapes"
         )
-        last_run[name] = "exported"
-        del module
-    manifest["last_run"] = last_run
-    return manifest
+        last_run[name] = EXPORTED
+    return {**manifest, "last_run": last_run}

@@ -9,7 +9,8 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-EXPORTER_VERSION = 1  # bump when our adapters or export options change what an export produces
+EXPORTER_VERSION = 2  # bump when our adapters or export steps change what an export produces
+MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "diffusers", "transformers")
 
 
@@ -18,26 +19,29 @@ def versions() -> dict[str, str]:
 
 
 def content_hash(folder: Path) -> str:
-    """sha256 over a checkpoint subfolder's file names and contents.
+    """sha256 over a checkpoint subfolder's relative file names and contents.
 
-    Files of a Hugging Face snapshot are links to blobs named by their own hash: the name is used instead of
-    re-reading gigabytes.
+    A Hugging Face snapshot's files are links to blobs named by their own hash: that name stands for the content
+    instead of re-reading gigabytes.
     """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        if path.is_symlink() and "blobs" in Path(os.path.realpath(path)).parts:
-            digest.update(Path(os.path.realpath(path)).name.encode())
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        real = Path(os.path.realpath(path))
+        if path.is_symlink() and real.parent.name == "blobs":
+            digest.update(b"blob:" + real.name.encode())
         else:
-            with path.open("rb") as f:
-                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                    digest.update(chunk)
+            digest.update(file_sha256(path).encode())
+        digest.update(b"\0")
     return digest.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -48,16 +52,19 @@ def artifact_key(**depends_on: object) -> str:
 
 
 def load(out_dir: Path) -> dict:
-    path = out_dir / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {"models": {}}
+    path = Path(out_dir) / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.setdefault("models", {})
+    return manifest
 
 
 def save(out_dir: Path, manifest: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    tmp.replace(out_dir / "manifest.json")  # atomic: a crash never leaves half a manifest
+    tmp = out_dir / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out_dir / MANIFEST)  # atomic: a crash never leaves half a manifest
 
 
 def is_fresh(entry: dict | None, key: str, artifact: Path) -> bool:
-    return bool(entry) and entry["key"] == key and artifact.exists() and file_sha256(artifact) == entry["sha256"]
+    """The recorded artifact was built from the same inputs and is still the file that was built."""
+    return bool(entry) and entry.get("key") == key and artifact.exists() and file_sha256(artifact) == entry["sha256"]

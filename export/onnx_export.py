@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +17,50 @@ from .adapters import Adapter, Shape
 
 OPSET = 18
 PARITY_LIMIT = 1e-4  # float32 here; anything larger is a wrong graph, not float noise
-_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB ceiling: larger models keep weights beside the graph
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB ceiling: larger models keep weights beside the graph
+# What an export depends on besides the weights and the registry (part of every artifact key).
+OPTIONS = {"opset": OPSET, "dynamo": True, "optimize": False, "dtype": "float32"}
 
 
-class ParityError(AssertionError):
+class ExportError(RuntimeError):
+    pass
+
+
+class ParityError(ExportError):
     pass
 
 
 def dynamic_shapes(component: Component, family: Family) -> tuple[dict[int, torch.export.Dim], ...]:
-    """torch.export dims for every symbolic axis, one Dim object per name so shared axes stay tied together."""
+    """torch.export dims for every symbolic axis with the registry's range; one Dim object per name, so axes that
+    share a name (batch, image_tokens, t5_tokens) are tied together."""
     dims = {d.name: torch.export.Dim(d.name, min=d.min, max=d.max) for d in family.dims}
     return tuple({axis: dims[d] for axis, d in enumerate(spec.dims) if isinstance(d, str)} for spec in component.inputs)
 
 
-def export_onnx(component: Component, family: Family, module: torch.nn.Module, adapter: Adapter, out: Path) -> float:
-    """Write `out` (model.onnx); returns seconds. Exported without the optimizer so initializer names stay those of
-    the torch parameters (LoRA refit matches weights by name)."""
-    t0 = time.perf_counter()
-    example = adapter.example(module, adapter.shapes[0])
-    with torch.no_grad():
+def _name_output_dims(program: torch.onnx.ONNXProgram, component: Component) -> None:
+    """Give output axes the registry's names ("height" rather than torch's "8*latent_height"), so the graph reads
+    like the registry's TensorSpecs. Labels only: no value or shape changes."""
+    import onnx_ir as ir
+
+    for value, spec in zip(program.model.graph.outputs, component.outputs, strict=True):
+        if value.shape is None:
+            continue
+        value.shape = ir.Shape(
+            [name if isinstance(name, str) else dim for dim, name in zip(value.shape.dims, spec.dims, strict=True)]
+        )
+
+
+def export_onnx(
+    component: Component, family: Family, module: torch.nn.Module, example: tuple[torch.Tensor, ...], out: Path
+) -> None:
+    """Write `out` (model.onnx, plus model.onnx.data when large) and check it.
+
+    Exported without the optimizer so initializer names stay those of the torch parameters (LoRA refit matches
+    weights by name); the optimizer renames and transposes them."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tied dims (one Dim object on several inputs) make the exporter say so once per extra use: expected.
+        warnings.filterwarnings("ignore", message=r".*shares the same shape constraints")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
         program = torch.onnx.export(
             module,
             example,
@@ -45,38 +72,68 @@ def export_onnx(component: Component, family: Family, module: torch.nn.Module, a
             optimize=False,
             verbose=False,
         )
+    _name_output_dims(program, component)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(p.numel() * p.element_size() for p in module.parameters())
-    program.save(str(out), external_data=size > _EXTERNAL_DATA_BYTES)
-    onnx.checker.check_model(str(out), full_check=True)  # path form: works past 2 GB
-    return time.perf_counter() - t0
+    program.save(str(out), external_data=size > EXTERNAL_DATA_BYTES)
+    onnx.checker.check_model(str(out), full_check=True)  # the path form works past 2 GB
+
+
+@contextmanager
+def contiguous_group_norms(module: torch.nn.Module) -> Iterator[None]:
+    """Feed every GroupNorm a contiguous input while the torch reference runs.
+
+    diffusers' VAE attention hands its output on in channels-last strides, and torch's CPU GroupNorm kernel for
+    that layout accumulates far less exactly (measured on the tiny VAE: 7.5e-5 off float64 against 7e-7 for the
+    same values contiguous). Memory layout only, values unchanged: parity then measures the ONNX graph rather than
+    that kernel.
+    """
+
+    def pre_hook(_: torch.nn.Module, args: tuple) -> tuple:
+        return (args[0].contiguous(), *args[1:])
+
+    handles = [m.register_forward_pre_hook(pre_hook) for m in module.modules() if isinstance(m, torch.nn.GroupNorm)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def reference(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The torch outputs that ONNX Runtime must match."""
+    with torch.no_grad(), contiguous_group_norms(module):
+        out = module(*inputs)
+    return out if isinstance(out, tuple) else (out,)
 
 
 def max_errors(
-    component: Component, module: torch.nn.Module, adapter: Adapter, onnx_path: Path, shapes: tuple[Shape, ...]
+    component: Component, module: torch.nn.Module, adapter: Adapter, onnx_path: Path, shapes: Sequence[Shape]
 ) -> list[dict]:
-    """Max |ONNX Runtime - torch| per output at each shape, on fresh random inputs."""
+    """Max |ONNX Runtime - torch| per output at each shape, on seeded random inputs of that shape."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    used = {d for spec in component.inputs for d in spec.dims if isinstance(d, str)}
     rows = []
     for shape in shapes:
         torch.manual_seed(1)
         inputs = adapter.example(module, shape)
-        with torch.no_grad():
-            expected = module(*inputs)
-        expected = expected if isinstance(expected, tuple) else (expected,)
+        expected = reference(module, inputs)
         feeds = {spec.name: t.numpy() for spec, t in zip(component.inputs, inputs, strict=True)}
         got = session.run([s.name for s in component.outputs], feeds)
-        errors = {
-            spec.name: float(np.abs(g - e.numpy()).max())
-            for spec, g, e in zip(component.outputs, got, expected, strict=True)
-        }
-        rows.append({"shape": dict(shape), "max_abs_error": errors})
+        errors = {}
+        for spec, g, e in zip(component.outputs, got, expected, strict=True):
+            if g.shape != tuple(e.shape):
+                raise ParityError(f"{component.triton_model}: {spec.name} has shape {g.shape}, torch {tuple(e.shape)}")
+            errors[spec.name] = float(np.abs(g - e.numpy()).max())
+        rows.append({"shape": {k: v for k, v in shape.items() if k in used}, "max_abs_error": errors})
     return rows
 
 
-def check_parity(component: Component, rows: list[dict]) -> None:
-    worst = max(err for row in rows for err in row["max_abs_error"].values())
-    if not worst <= PARITY_LIMIT:
-        raise ParityError(f"{component.triton_model}: ONNX Runtime differs from torch by {worst:.2e} > {PARITY_LIMIT}")
+def check_parity(component: Component, rows: list[dict]) -> float:
+    """The worst error; raises ParityError above PARITY_LIMIT. A NaN fails too (max() would skip it)."""
+    errors = [err for row in rows for err in row["max_abs_error"].values()]
+    if not errors or not all(err <= PARITY_LIMIT for err in errors):
+        raise ParityError(f"{component.triton_model}: ONNX Runtime differs from torch: {errors} (limit {PARITY_LIMIT})")
+    return max(errors)
