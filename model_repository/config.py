@@ -16,20 +16,20 @@ PROFILES = ("cpu", "gpu")
 PLAN_FILES = {"9.0": "model.sm90.plan"}
 
 
-def _data_type(spec: TensorSpec) -> str:
+def _data_type(spec: TensorSpec, half: bool = False) -> str:
     # The wire protocol says BYTES; model configs spell the same type TYPE_STRING.
-    return "TYPE_STRING" if spec.dtype == "BYTES" else f"TYPE_{spec.dtype}"
+    if spec.dtype == "BYTES":
+        return "TYPE_STRING"
+    # On the GPU the float tensors between components travel in BF16, the precision the modules run in.
+    return "TYPE_BF16" if half and spec.dtype == "FP32" else f"TYPE_{spec.dtype}"
 
 
 def _dims(spec: TensorSpec) -> str:
     return ", ".join(str(d) if isinstance(d, int) else "-1" for d in spec.dims)
 
 
-def _tensors(kind: str, specs: Iterable[TensorSpec], optional: frozenset[str] = frozenset()) -> str:
-    rows = []
-    for s in specs:
-        opt = " optional: true" if s.name in optional else ""
-        rows.append(f'  {{ name: "{s.name}" data_type: {_data_type(s)} dims: [ {_dims(s)} ]{opt} }}')
+def _tensors(kind: str, specs: Iterable[TensorSpec], half: bool = False) -> str:
+    rows = [f'  {{ name: "{s.name}" data_type: {_data_type(s, half)} dims: [ {_dims(s)} ] }}' for s in specs]
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
@@ -64,10 +64,13 @@ def component_config(component: Component, profile: str, params: Mapping[str, st
     # The CPU profile runs float32 ONNX; reduced precision is a GPU matter.
     precision = component.precision if profile == "gpu" else "fp32"
     all_params = {"runtime": backend, "precision": precision, **(params or {})}
+    if component.accelerations and backend == "torch":
+        all_params["accelerations"] = ",".join(component.accelerations)
+    half = profile == "gpu"
     return (
         head
-        + _tensors("input", component.inputs)
-        + _tensors("output", component.outputs)
+        + _tensors("input", component.inputs, half)
+        + _tensors("output", component.outputs, half)
         + _instance_group(profile)
         + _parameters(all_params)
     )

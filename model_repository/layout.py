@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry import FAMILIES, PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX, checkpoints_of
+from registry import FAMILIES, PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX, Component, checkpoints_of
 
 from .config import component_config, pipeline_config
 
@@ -47,6 +47,35 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+def _component(
+    out: Path, component: Component, profile: str, onnx_dir: Path, checkpoints: Mapping[str, CheckpointSource]
+) -> None:
+    model_dir = out / component.triton_model
+    version_dir = model_dir / VERSION
+    runtime = component.backend(profile)
+    if runtime == "onnxruntime":
+        _write(model_dir / "config.pbtxt", component_config(component, profile))
+        _write(version_dir / "model.py", _SHIM.format(module="model_repository.component_model"))
+        artifact_dir = onnx_dir / component.triton_model
+        if not (artifact_dir / "model.onnx").exists():
+            raise FileNotFoundError(f"{artifact_dir / 'model.onnx'} missing: run `python -m export` first")
+        for f in artifact_dir.iterdir():
+            if f.is_file():
+                _place(f, version_dir / f.name)
+    elif runtime == "torch":
+        # The module loads from its checkpoint subfolder at model load; nothing is exported.
+        source = next((checkpoints[k] for k in component.checkpoints if k in checkpoints), None)
+        if source is None:
+            raise FileNotFoundError(f"{component.triton_model}: none of {component.checkpoints} was resolved")
+        params = {"checkpoint_dir": str(source.path.resolve())}
+        _write(model_dir / "config.pbtxt", component_config(component, profile, params))
+        _write(version_dir / "model.py", _SHIM.format(module="model_repository.torch_component_model"))
+    else:
+        raise NotImplementedError(
+            f"{component.triton_model}: no layout yet for runtime {runtime!r} (TensorRT: issue 6)"
+        )
+
+
 def build_repository(
     out: Path,
     onnx_dir: Path,
@@ -58,16 +87,7 @@ def build_repository(
     names: list[str] = []
     for family in (FAMILIES[f] for f in (families or FAMILIES)):
         for component in family.components:
-            model_dir = out / component.triton_model
-            _write(model_dir / "config.pbtxt", component_config(component, profile))
-            version_dir = model_dir / VERSION
-            _write(version_dir / "model.py", _SHIM.format(module="model_repository.component_model"))
-            artifact_dir = onnx_dir / component.triton_model
-            if not (artifact_dir / "model.onnx").exists():
-                raise FileNotFoundError(f"{artifact_dir / 'model.onnx'} missing: run `python -m export` first")
-            for f in artifact_dir.iterdir():
-                if f.is_file():
-                    _place(f, version_dir / f.name)
+            _component(out, component, profile, onnx_dir, checkpoints)
             names.append(component.triton_model)
 
         served = [c for c in checkpoints_of(family.name) if c.key in checkpoints]

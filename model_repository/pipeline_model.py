@@ -27,11 +27,15 @@ class TritonPythonModel:
         keys = [k for k in params["checkpoints"].split(",") if k]
         # The pipeline's own work (scheduler, packing, post-processing) is light; the cores belong to the components.
         torch.set_num_threads(1)
+        gpu = params.get("profile") == "gpu"
+        device = torch.device("cuda", int(args.get("model_instance_device_id", 0))) if gpu else torch.device("cpu")
         self.pipelines = TextToImagePipelines(
             family=params["family"],
             checkpoint_dirs={k: params[f"checkpoint_dir.{k}"] for k in keys},
             labels={k: params[SOURCE_PARAMETER_PREFIX + k] for k in keys},
-            client=BlsClient(),
+            client=BlsClient(gpu=gpu),
+            device=device,
+            dtype=torch.bfloat16 if gpu else torch.float32,
         )
 
     def execute(self, requests: list) -> list:

@@ -78,15 +78,21 @@ class TextToImagePipelines:
     """One stock pipeline per checkpoint of a family, all sharing the family's component models."""
 
     def __init__(
-        self, family: str, checkpoint_dirs: Mapping[str, Path], labels: Mapping[str, str], client: ComponentClient
-    ):
+        self,
+        family: str,
+        checkpoint_dirs: Mapping[str, Path],
+        labels: Mapping[str, str],
+        client: ComponentClient,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.family = FAMILIES[family]
         self.labels = dict(labels)
         pipeline_class = getattr(diffusers, self.family.pipeline_class)
         self.pipelines = {}
         for key, path in checkpoint_dirs.items():
             proxies = {
-                role: ComponentProxy(component, Path(path), client)
+                role: ComponentProxy(component, Path(path), client, device, dtype)
                 for role, component in self.family.components_for(key).items()
             }
             pipe = pipeline_class(**proxies, **_light_components(Path(path), exclude=set(proxies)))
@@ -121,5 +127,5 @@ class TextToImagePipelines:
             **guidance_kwargs(checkpoint, request.cfg, request.negative_prompt),
         )
         # The same rounding as diffusers' numpy_to_pil, so served bytes equal the pipeline's PIL images.
-        images = (result.images * 255).round().astype(np.uint8)
+        images = (np.asarray(result.images, dtype=np.float32) * 255).round().astype(np.uint8)
         return images, self.labels[request.checkpoint], time.perf_counter() - t0

@@ -13,19 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from diffusers.configuration_utils import FrozenDict
 
 from registry import Component
 
-_NUMPY = {"FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
+_TORCH = {"FP32": torch.float32, "INT64": torch.int64, "INT32": torch.int32}
 # Arguments the pipelines pass that carry no tensor for the component when they hold these values.
 _IGNORED_WHEN = {"return_dict": None, "output_hidden_states": None, "joint_attention_kwargs": None}
 
 
 class ComponentClient(Protocol):
-    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]: ...
+    def infer(self, model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]: ...
 
 
 class ComponentOutputs(tuple):
@@ -46,23 +45,32 @@ class ComponentOutputs(tuple):
 
 
 class ComponentProxy(torch.nn.Module):
-    def __init__(self, component: Component, checkpoint_dir: Path, client: ComponentClient) -> None:
+    def __init__(
+        self,
+        component: Component,
+        checkpoint_dir: Path,
+        client: ComponentClient,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.component = component
         self.client = client
+        self._device, self._dtype = device or torch.device("cpu"), dtype
         config_path = checkpoint_dir / component.subfolder / "config.json"
         self.config = FrozenDict(json.loads(config_path.read_text()))
         self._input_names = [s.name for s in component.inputs]
         self._output_names = [s.name for s in component.outputs]
-        self._dtypes = {s.name: _NUMPY[s.dtype] for s in component.inputs}
+        # Float inputs travel in the precision the component runs in (FP32 ONNX on CPU, BF16 on the GPU).
+        self._dtypes = {s.name: dtype if s.dtype == "FP32" else _TORCH[s.dtype] for s in component.inputs}
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float32  # the CPU profile's ONNX runs float32
+        return self._dtype
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        return self._device
 
     @contextlib.contextmanager
     def cache_context(self, name: str) -> Iterator[None]:
@@ -76,12 +84,12 @@ class ComponentProxy(torch.nn.Module):
             elif not (key in _IGNORED_WHEN or value is None):
                 raise TypeError(f"{self.component.triton_model} cannot take {key}={type(value).__name__}")
         inputs = {
-            name: named[name].detach().cpu().numpy().astype(self._dtypes[name], copy=False)
+            name: named[name].to(self._device, self._dtypes[name])
             for name in self._input_names
             if named.get(name) is not None
         }
         result = self.client.infer(self.component.triton_model, inputs, self._output_names)
-        return ComponentOutputs(self._output_names, [torch.from_numpy(result[n].copy()) for n in self._output_names])
+        return ComponentOutputs(self._output_names, [result[n] for n in self._output_names])
 
     def decode(self, latent: torch.Tensor, return_dict: bool = False) -> ComponentOutputs:
         """The VAE's decode: the pipeline has already applied scaling and shift, as with the real module."""

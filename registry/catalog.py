@@ -59,6 +59,10 @@ FLUX = Family(
                     *((TensorSpec("guidance", "FP32", ("batch",)),) if variant == "dev" else ()),
                 ),
                 outputs=(TensorSpec("sample", "FP32", ("batch", "image_tokens", -1)),),
+                # Measured on one H100 at 1024² (perf/results/h100): 183 ms/step eager, 132 compiled, 100 with FP8,
+                # image PSNR vs eager BF16 39.3 dB either way.
+                precision="fp8",
+                accelerations=("fuse_qkv", "compile"),
             )
             for variant in ("schnell", "dev")
         ),

@@ -73,9 +73,12 @@ class Component:
     checkpoints: tuple[str, ...]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # backend per serving profile; TensorRT plans slot in for "gpu" in a later issue
-    backends: tuple[tuple[str, str], ...] = (("cpu", "onnxruntime"), ("gpu", "tensorrt"))
-    precision: str = "bf16"
+    # Runtime per serving profile: "onnxruntime" (CPU), "torch" (the diffusers module on CUDA inside the python
+    # backend, tensors passed by DLPack), "tensorrt" (a plan; issue 6 switches the GPU profile to it per component).
+    backends: tuple[tuple[str, str], ...] = (("cpu", "onnxruntime"), ("gpu", "torch"))
+    precision: str = "bf16"  # GPU weights; "fp8" runs the transformer blocks' large matmuls in FP8
+    # torch runtime speed-ups (model_repository/accelerate.py): "fuse_qkv", "compile", and FP8 follows precision.
+    accelerations: tuple[str, ...] = ()
 
     def backend(self, profile: str) -> str:
         return dict(self.backends)[profile]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,31 @@ def test_component_configs_follow_the_registry(component) -> None:
     assert 'key: "precision" value: { string_value: "fp32" }' in cpu
 
     gpu = component_config(component, "gpu")
-    assert "kind: KIND_GPU" in gpu
-    # TensorRT plans are keyed by compute capability so a plan never loads on a GPU it was not built for.
-    assert 'platform: "tensorrt_plan"' in gpu and 'cc_model_filenames [\n  { key: "9.0"' in gpu
+    assert "kind: KIND_GPU" in gpu and 'key: "runtime" value: { string_value: "torch" }' in gpu
     assert f'key: "precision" value: {{ string_value: "{component.precision}" }}' in gpu
+    for spec in component.inputs + component.outputs:
+        # float tensors cross between GPU components in BF16, the precision the modules run in
+        dtype = "BF16" if spec.dtype == "FP32" else spec.dtype
+        assert f'name: "{spec.name}" data_type: TYPE_{dtype}' in gpu
+
+
+def test_transformers_run_fp8_and_compiled_on_the_gpu() -> None:
+    for component in FLUX.components:
+        gpu = component_config(component, "gpu")
+        if component.role == "transformer":
+            assert (
+                'string_value: "fp8"' in gpu
+                and 'key: "accelerations" value: { string_value: "fuse_qkv,compile" }' in gpu
+            )
+        else:
+            assert "accelerations" not in gpu and 'string_value: "bf16"' in gpu
+
+
+def test_tensorrt_components_are_plans_keyed_by_gpu() -> None:
+    trt = dataclasses.replace(FLUX.components[0], backends=(("cpu", "onnxruntime"), ("gpu", "tensorrt")))
+    gpu = component_config(trt, "gpu")
+    # A plan never loads on a GPU it was not built for: one file per compute capability.
+    assert 'platform: "tensorrt_plan"' in gpu and 'cc_model_filenames [\n  { key: "9.0"' in gpu
 
 
 def test_unknown_profile_is_refused() -> None:
@@ -53,3 +75,24 @@ def test_laid_out_repository(model_repository: Path) -> None:
         assert "model_repository.component_model" in (version / "model.py").read_text()
     pipeline = (model_repository / "flux_pipeline" / "config.pbtxt").read_text()
     assert 'key: "checkpoints" value: { string_value: "flux-schnell,flux-dev" }' in pipeline
+
+
+def test_gpu_layout_loads_torch_modules_from_their_checkpoints(
+    stack_dirs, model_repository: Path, tmp_path: Path
+) -> None:
+    from checkpoints import resolve
+    from model_repository.layout import CheckpointSource, build_repository
+
+    sources = {}
+    for key in ("flux-schnell", "flux-dev"):
+        r = resolve(key, "tiny", stack_dirs.checkpoints)
+        sources[key] = CheckpointSource(r.path, r.label)
+    names = build_repository(tmp_path, stack_dirs.onnx, sources, profile="gpu")
+    assert "flux_pipeline" in names
+    for component in FLUX.components:
+        version = tmp_path / component.triton_model / "1"
+        assert "model_repository.torch_component_model" in (version / "model.py").read_text()
+        assert not (version / "model.onnx").exists()
+        config = (tmp_path / component.triton_model / "config.pbtxt").read_text()
+        assert f'string_value: "{sources[component.checkpoints[0]].path}"' in config
+    assert 'key: "profile" value: { string_value: "gpu" }' in (tmp_path / "flux_pipeline" / "config.pbtxt").read_text()

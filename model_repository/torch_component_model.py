@@ -1,0 +1,71 @@
+"""Triton python-backend model for the GPU profile: one component as its torch module on CUDA, in BF16, with the
+registry's speed-ups (fused QKV, FP8 matmuls, torch.compile with on-disk caches), tensors in and out by DLPack.
+
+TensorRT plans replace this per component once they are built (issue 6); the inputs and outputs stay the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+from export.adapters import ADAPTERS
+from registry import FAMILIES
+
+from .accelerate import Acceleration, accelerate, enable_compile_cache
+
+
+def _component(name: str):  # noqa: ANN202 - a registry Component
+    return next(c for f in FAMILIES.values() for c in f.components if c.triton_model == name)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.component = _component(args["model_name"])
+        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+        t0 = time.perf_counter()
+        enable_compile_cache(
+            Path(params.get("compile_cache", os.environ.get("RYLA_COMPILE_CACHE", "/tmp/ryla-inductor")))
+        )
+        module = ADAPTERS[self.component.exporter].load(Path(params["checkpoint_dir"]) / self.component.subfolder)
+        self.module = module.to(self.device, torch.bfloat16).eval()
+        wanted = set(filter(None, params.get("accelerations", "").split(",")))
+        how = Acceleration(
+            fuse_qkv="fuse_qkv" in wanted, fp8=params.get("precision") == "fp8", compile="compile" in wanted
+        )
+        # The adapters wrap the diffusers/transformers module as `.model`; the speed-ups apply to that module.
+        accelerate(self.module.model, how, log=lambda m: pb_utils.Logger.log_info(f"{args['model_name']}: {m}"))
+        self.input_names = [t["name"] for t in config["input"]]
+        self.output_names = [t["name"] for t in config["output"]]
+        pb_utils.Logger.log_info(f"{args['model_name']}: ready in {time.perf_counter() - t0:.1f}s")
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                inputs = []
+                for name in self.input_names:
+                    tensor = pb_utils.get_input_tensor_by_name(request, name)
+                    if tensor is not None:
+                        inputs.append(torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).to(self.device))
+                with torch.inference_mode():
+                    outputs = self.module(*inputs)
+                outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor.from_dlpack(n, torch.utils.dlpack.to_dlpack(o.contiguous()))
+                            for n, o in zip(self.output_names, outputs, strict=True)
+                        ]
+                    )
+                )
+            except Exception as exc:  # one bad request must not take the others down
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.component}: {exc}")))
+        return responses
