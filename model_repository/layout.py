@@ -87,6 +87,8 @@ def build_repository(
     names: list[str] = []
     for family in (FAMILIES[f] for f in (families or FAMILIES)):
         for component in family.components:
+            if not any(k in checkpoints for k in component.checkpoints):
+                continue  # serves only checkpoints that were resolved (a benchmark may build one)
             _component(out, component, profile, onnx_dir, checkpoints)
             names.append(component.triton_model)
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from model_repository.accelerate import Acceleration, accelerate, enable_compile_cache
+from registry import ROUTES
 
 from .metrics import cost_usd, mfu, psnr
 
@@ -108,6 +109,8 @@ class Row:
     cost_usd: float
     psnr_vs_eager_db: float
     compile_s: float
+    ready_s: float = float("nan")  # served: tritonserver start -> models loaded
+    first_image_s: float = float("nan")  # served: tritonserver start -> first image (cold start, no compile cache)
 
 
 def log(message: str) -> None:
@@ -249,6 +252,12 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
     log(f"building FLUX.1-{model} (random weights, BF16) on {device}")
     pipe = build_pipeline(model, build_tiny(f"flux-{model}", Path(tempfile.gettempdir()) / "ryla-tiny"))
     pipe.set_progress_bar_config(disable=True)
+    checkpoint_dir = args.work / f"flux-{model}"
+    if args.served:
+        # The same random weights as a real diffusers checkpoint folder, for Triton's models to load.
+        t0 = time.perf_counter()
+        pipe.save_pretrained(checkpoint_dir)
+        log(f"saved the checkpoint to {checkpoint_dir} in {time.perf_counter() - t0:.0f}s")
     inputs = transformer_inputs(pipe, model, args.width, args.height)
     flops = transformer_flops(pipe, inputs)
     log(f"transformer forward: {flops / 1e12:.1f} TFLOP at {args.width}x{args.height}")
@@ -290,6 +299,45 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
         log(json.dumps(asdict(row)))
         rows.append(row)
         write_outputs(rows, args.out)
+    if not args.served:
+        return
+    pipe = inputs = None  # free the in-process pipeline: the served one needs the GPU
+    gc.collect()
+    torch.cuda.empty_cache()
+    from .served import run_served
+
+    route = next(r for r in ROUTES.values() if r.checkpoint == f"flux-{model}")
+    served = run_served(
+        route.checkpoint,
+        checkpoint_dir,
+        args.work / f"served-{model}",
+        args.width,
+        args.height,
+        steps,
+        route.cfg,
+        args.e2e_repeats,
+        log,
+    )
+    row = Row(
+        device=device,
+        model=f"flux-{model}",
+        variant="served_triton",
+        width=args.width,
+        height=args.height,
+        steps=steps,
+        step_ms=float("nan"),
+        end_to_end_s=round(served.end_to_end_s, 3),
+        peak_memory_gb=round(served.gpu_memory_gb, 2),
+        mfu=float("nan"),
+        cost_usd=round(cost_usd(served.end_to_end_s), 6),
+        psnr_vs_eager_db=round(psnr(served.image, eager_image), 2) if eager_image is not None else float("nan"),
+        compile_s=float("nan"),
+        ready_s=round(served.ready_s, 1),
+        first_image_s=round(served.first_image_s, 1),
+    )
+    log(json.dumps(asdict(row)))
+    rows.append(row)
+    write_outputs(rows, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-repeats", type=int, default=10)
     parser.add_argument("--e2e-repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("perf/results/local"))
+    parser.add_argument("--served", action="store_true", help="also time our GPU profile served by a real Triton")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ryla-bench")
     parser.add_argument("--compile-cache", type=Path, default=Path(tempfile.gettempdir()) / "ryla-inductor")
     args = parser.parse_args(argv)
     enable_compile_cache(args.compile_cache)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from registry import PIPELINE_INPUTS, ROUTES, family_of, pipeline_model_of
+from stack.triton_server import pytriton_dir
 
 _SONAMES = {"libb64-": "libb64.so.0d", "libcudart-": "libcudart.so.12"}
 
@@ -32,9 +33,7 @@ def binary() -> Path:
 
 def library_dir(where: Path) -> Path:
     """A folder of soname links to pytriton's bundled copies of perf_analyzer's libraries."""
-    import pytriton
-
-    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    libs = pytriton_dir().parent / "nvidia_pytriton.libs"
     where.mkdir(parents=True, exist_ok=True)
     for prefix, soname in _SONAMES.items():
         target = next(libs.glob(prefix + "*"))

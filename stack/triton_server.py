@@ -7,6 +7,7 @@ backend stub imports numpy (and our packages) from the environment it finds ther
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def pytriton_dir() -> Path:
+    """Where the nvidia-pytriton wheel's files lie, found without importing pytriton (its client is not needed)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("nvidia-pytriton is not installed: it carries the tritonserver we run")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 @dataclass(frozen=True)
 class TritonInstall:
     binary: Path
@@ -30,9 +39,7 @@ class TritonInstall:
 
     @classmethod
     def from_pytriton(cls) -> TritonInstall:
-        import pytriton  # only to locate the wheel's files
-
-        root = Path(pytriton.__file__).parent / "tritonserver"
+        root = pytriton_dir() / "tritonserver"
         minor = f"{sys.version_info.major}.{sys.version_info.minor}"
         return cls(
             binary=root / "bin" / "tritonserver",

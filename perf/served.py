@@ -1,0 +1,95 @@
+"""The served path of the GPU benchmark: the GPU profile of our model repository in a real tritonserver (the one in
+the nvidia-pytriton wheel), driven over HTTP, timed from outside like a client would see it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_repository.layout import CheckpointSource, build_repository
+from registry import PIPELINE_INPUTS, family_of
+from stack.triton_server import Ports, TritonServer
+
+from .triton_http import infer
+
+
+@dataclass
+class Served:
+    end_to_end_s: float
+    image: np.ndarray
+    ready_s: float  # tritonserver start -> every model loaded
+    first_image_s: float  # tritonserver start -> first image (loads + compilation)
+    gpu_memory_gb: float  # device memory in use while serving
+
+
+def _request(checkpoint: str, width: int, height: int, steps: int, cfg: float) -> dict:
+    values = {
+        "CHECKPOINT": checkpoint.encode(),
+        "PROMPT": b"a lighthouse on a cliff at dawn, cinematic",
+        "NEGATIVE_PROMPT": b"",
+        "WIDTH": width,
+        "HEIGHT": height,
+        "STEPS": steps,
+        "CFG": cfg,
+        "SEED": 42,
+        "NUM_IMAGES": 1,
+    }
+    task = family_of(checkpoint).task
+    return {s.name: (s.dtype, values[s.name]) for s in PIPELINE_INPUTS[task]}
+
+
+def run_served(
+    checkpoint: str,
+    checkpoint_dir: Path,
+    work: Path,
+    width: int,
+    height: int,
+    steps: int,
+    cfg: float,
+    repeats: int,
+    log,  # noqa: ANN001
+) -> Served:
+    import torch
+
+    family = family_of(checkpoint)
+    repository = work / "model_repository"
+    names = build_repository(
+        repository,
+        onnx_dir=work / "onnx-unused",
+        checkpoints={checkpoint: CheckpointSource(checkpoint_dir, f"local:{checkpoint_dir} (random weights)")},
+        profile="gpu",
+        families=[family.name],
+    )
+    log(f"GPU repository: {', '.join(names)}")
+    server = TritonServer(repository, work / "backends", Ports(18000, 18001, 18002), log_path=work / "triton.log")
+    t0 = time.perf_counter()
+    server.start()
+    try:
+        ready_s = server.wait_ready(timeout_s=600)
+        log(f"tritonserver ready (all models loaded) in {ready_s:.1f}s")
+        request = _request(checkpoint, width, height, steps, cfg)
+        infer(server.http_url, family.triton_pipeline, request)
+        first_image_s = time.perf_counter() - t0
+        log(f"first image {first_image_s:.1f}s after start (includes compilation)")
+        times = []
+        for _ in range(repeats):
+            t1 = time.perf_counter()
+            out = infer(server.http_url, family.triton_pipeline, request)
+            times.append(time.perf_counter() - t1)
+        free, total = torch.cuda.mem_get_info()
+        log(f"served end to end: {[round(t, 3) for t in times]} s; model {out['MODEL'][0].decode()}")
+        return Served(
+            end_to_end_s=float(np.median(times)),
+            image=np.asarray(out["IMAGES"][0]),
+            ready_s=ready_s,
+            first_image_s=first_image_s,
+            gpu_memory_gb=(total - free) / 2**30,
+        )
+    except Exception:
+        log("tritonserver log tail:\n" + "\n".join((work / "triton.log").read_text().splitlines()[-40:]))
+        raise
+    finally:
+        server.stop()
