@@ -115,7 +115,7 @@ class TritonBackend:
             raise ApiError(500, "the model answered malformed images")
         return PipelineResult(
             images=images,
-            model=result.as_numpy("MODEL").reshape(-1)[0].decode(),
+            model=result.as_numpy("MODEL").tobytes().decode(),
             pipeline_s=float(result.as_numpy("PIPELINE_S").reshape(-1)[0]),
             triton_s=triton_s,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -55,12 +54,17 @@ class TritonPythonModel:
                         num_images=int(_scalar(request, "NUM_IMAGES")),
                     )
                 )
+                outputs = {
+                    "IMAGES": torch.from_numpy(images),
+                    "MODEL": torch.tensor(list(label.encode()), dtype=torch.uint8),
+                    "PIPELINE_S": torch.tensor([seconds], dtype=torch.float32),
+                }
+                # By DLPack, not numpy: numpy outputs fail when the stub's environment has numpy 2 (see registry).
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[
-                            pb_utils.Tensor("IMAGES", images),
-                            pb_utils.Tensor("MODEL", np.array([label.encode()], dtype=np.object_)),
-                            pb_utils.Tensor("PIPELINE_S", np.array([seconds], dtype=np.float32)),
+                            pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(t.contiguous()))
+                            for name, t in outputs.items()
                         ]
                     )
                 )

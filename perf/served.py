@@ -80,7 +80,7 @@ def run_served(
             out = infer(server.http_url, family.triton_pipeline, request)
             times.append(time.perf_counter() - t1)
         free, total = torch.cuda.mem_get_info()
-        log(f"served end to end: {[round(t, 3) for t in times]} s; model {out['MODEL'][0].decode()}")
+        log(f"served end to end: {[round(t, 3) for t in times]} s; model {out['MODEL'].tobytes().decode()}")
         return Served(
             end_to_end_s=float(np.median(times)),
             image=np.asarray(out["IMAGES"][0]),

@@ -153,7 +153,10 @@ PIPELINE_INPUTS: dict[Task, tuple[TensorSpec, ...]] = {
 }
 PIPELINE_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("IMAGES", "UINT8", (-1, -1, -1, 3)),  # N x H x W x RGB
-    TensorSpec("MODEL", "BYTES", (1,)),  # the checkpoint that served it: hub id@revision or local path
+    # The checkpoint that served it (hub id@revision or local path) as UTF-8 bytes. Numeric, not BYTES, so every
+    # output can leave the stub by DLPack: with numpy 2 in the stub's environment (the H100 machine) any numpy
+    # output fails ("output tensor shape does not match size of output"), DLPack ones pass.
+    TensorSpec("MODEL", "UINT8", (-1,)),
     TensorSpec("PIPELINE_S", "FP32", (1,)),  # seconds spent inside the pipeline model
 )
 

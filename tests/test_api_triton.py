@@ -91,7 +91,7 @@ class TritonPythonModel:
             label = self.params["source." + v["CHECKPOINT"]].encode()
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("IMAGES", images),
-                pb_utils.Tensor("MODEL", np.array([label], dtype=np.object_)),
+                pb_utils.Tensor("MODEL", np.frombuffer(label, dtype=np.uint8).copy()),
                 pb_utils.Tensor("PIPELINE_S", np.array([time.perf_counter() - t0], dtype=np.float32)),
             ]))
         return responses
