@@ -64,6 +64,7 @@ def run_served(
         families=[family.name],
     )
     log(f"GPU repository: {', '.join(names)}")
+    (work / "triton.log").unlink(missing_ok=True)
     server = TritonServer(repository, work / "backends", Ports(18000, 18001, 18002), log_path=work / "triton.log")
     t0 = time.perf_counter()
     server.start()

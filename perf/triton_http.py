@@ -4,6 +4,7 @@ GPU benchmark machine): JSON header + raw tensor bytes, so a 1024² image is not
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -24,9 +25,12 @@ def infer(url: str, model: str, inputs: dict[str, tuple[str, Any]], timeout_s: f
     request = urllib.request.Request(
         f"{url}/v2/models/{model}/infer", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        raw = response.read()
-        header_len = int(response.headers.get("Inference-Header-Content-Length", len(raw)))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            raw = response.read()
+            header_len = int(response.headers.get("Inference-Header-Content-Length", len(raw)))
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{model}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from None
     header = json.loads(raw[:header_len])
     out: dict[str, Any] = {}
     offset = header_len
