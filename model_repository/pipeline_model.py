@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -15,8 +16,13 @@ from .pipelines import InvalidRequest, TextToImagePipelines, TextToImageRequest
 
 
 def _scalar(request: object, name: str) -> object:
-    value = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
-    return value.decode() if isinstance(value, bytes) else value.item()
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:  # an empty text (e.g. no negative prompt) may arrive as no tensor at all
+        return ""
+    value = tensor.as_numpy()
+    if value.dtype == np.uint8:  # text: UTF-8 bytes (registry.PIPELINE_INPUTS)
+        return value.tobytes().decode()
+    return value.reshape(-1)[0].item()
 
 
 class TritonPythonModel:

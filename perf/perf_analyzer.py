@@ -60,7 +60,14 @@ def input_data(route: str, **overrides: object) -> dict:
     }
     values.update({k.upper(): v for k, v in overrides.items()})
     task = family_of(r.checkpoint).task
-    return {"data": [{s.name: {"content": [values[s.name]], "shape": list(s.dims)} for s in PIPELINE_INPUTS[task]}]}
+
+    def tensor(value: object) -> dict:
+        if isinstance(value, str):  # text: UTF-8 bytes in a UINT8 tensor (registry.PIPELINE_INPUTS)
+            data = list(value.encode())
+            return {"content": data, "shape": [len(data)]}
+        return {"content": [value], "shape": [1]}
+
+    return {"data": [{s.name: tensor(values[s.name]) for s in PIPELINE_INPUTS[task]}]}
 
 
 def run(

@@ -38,7 +38,7 @@ def _request(checkpoint: str, width: int, height: int, steps: int, cfg: float) -
         "NUM_IMAGES": 1,
     }
     task = family_of(checkpoint).task
-    return {s.name: (s.dtype, values[s.name]) for s in PIPELINE_INPUTS[task]}
+    return {s.name: (s.dtype, values[s.name]) for s in PIPELINE_INPUTS[task]}  # bytes: UTF-8 text
 
 
 def run_served(

@@ -14,10 +14,13 @@ _NP = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32, "INT64": np.int
 
 
 def infer(url: str, model: str, inputs: dict[str, tuple[str, Any]], timeout_s: float = 900) -> dict[str, Any]:
-    """inputs: name -> (Triton dtype, scalar). Returns name -> numpy array (BYTES -> list of bytes)."""
+    """inputs: name -> (Triton dtype, scalar, or bytes for a UTF-8 text in a UINT8 tensor). Returns name -> numpy
+    array (BYTES -> list of bytes)."""
     body = {
         "inputs": [
-            {"name": n, "datatype": dt, "shape": [1], "data": [v.decode() if isinstance(v, bytes) else v]}
+            {"name": n, "datatype": dt, "shape": [len(v)], "data": list(v)}
+            if isinstance(v, bytes)
+            else {"name": n, "datatype": dt, "shape": [1], "data": [v]}
             for n, (dt, v) in inputs.items()
         ],
         "parameters": {"binary_data_output": True},

@@ -137,12 +137,13 @@ ROUTES: dict[str, Route] = {
 }
 
 # The Triton pipeline model's request and response tensors per task: the contract between api/ and
-# model_repository/. Every input is a one-element tensor; the pipeline batches images itself (NUM_IMAGES).
+# model_repository/. Numbers are one-element tensors; text is UTF-8 in a UINT8 tensor (no BYTES tensors: with numpy 2
+# in the stub's environment, as on the H100 machine, the python backend can neither read nor write them).
 PIPELINE_INPUTS: dict[Task, tuple[TensorSpec, ...]] = {
     Task.TEXT_TO_IMAGE: (
-        TensorSpec("CHECKPOINT", "BYTES", (1,)),
-        TensorSpec("PROMPT", "BYTES", (1,)),
-        TensorSpec("NEGATIVE_PROMPT", "BYTES", (1,)),
+        TensorSpec("CHECKPOINT", "UINT8", (-1,)),
+        TensorSpec("PROMPT", "UINT8", (-1,)),
+        TensorSpec("NEGATIVE_PROMPT", "UINT8", (-1,)),
         TensorSpec("WIDTH", "INT32", (1,)),
         TensorSpec("HEIGHT", "INT32", (1,)),
         TensorSpec("STEPS", "INT32", (1,)),

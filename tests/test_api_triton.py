@@ -57,7 +57,7 @@ import triton_python_backend_utils as pb_utils
 def _value(request, name):
     v = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
     return {"shape": list(v.shape), "dtype": str(v.dtype),
-            "value": v.reshape(-1)[0].decode() if v.dtype == object else v.reshape(-1)[0].item()}
+            "value": v.tobytes().decode() if v.dtype == np.uint8 else v.reshape(-1)[0].item()}
 
 
 class TritonPythonModel:
@@ -214,10 +214,15 @@ def test_raw_image_with_headers_and_the_contract_inputs(client: httpx.Client, re
     cost = r.headers["x-cost-usd"]
     assert len(cost.split(".")[1]) == 6
     assert float(cost) == pytest.approx(timing["triton"] * PRICE_PER_SECOND["H100"], abs=2e-6)
-    # Exactly the registry's input tensors, each one element of its dtype, with the route's defaults.
+    # Exactly the registry's input tensors with the route's defaults: numbers one element of their dtype, text its
+    # UTF-8 bytes in a UINT8 tensor.
     sent = last_request(record)
-    assert list(sent) == [s.name for s in PIPELINE_INPUTS[Task.TEXT_TO_IMAGE]]
-    assert all(t["shape"] == [1] for t in sent.values())
+    specs = PIPELINE_INPUTS[Task.TEXT_TO_IMAGE]
+    assert list(sent) == [s.name for s in specs]
+    for spec in specs:
+        text = spec.dtype == "UINT8"
+        expected = [len(sent[spec.name]["value"].encode())] if text else [1]
+        assert sent[spec.name]["shape"] == expected, spec.name
     values = {k: t["value"] for k, t in sent.items()}
     assert values == {
         "CHECKPOINT": route.checkpoint,
