@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -19,9 +18,10 @@ def _scalar(request: object, name: str) -> object:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:  # an empty text (e.g. no negative prompt) may arrive as no tensor at all
         return ""
-    value = tensor.as_numpy()
-    if value.dtype == np.uint8:  # text: UTF-8 bytes (registry.PIPELINE_INPUTS)
-        return value.tobytes().decode()
+    # By DLPack, not as_numpy(): under numpy 2 the python backend hands out wrong numpy views (seen on the GPU machine).
+    value = torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu()
+    if value.dtype == torch.uint8:  # text: UTF-8 bytes (registry.PIPELINE_INPUTS)
+        return bytes(value.tolist()).decode()
     return value.reshape(-1)[0].item()
 
 
