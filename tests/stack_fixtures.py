@@ -5,6 +5,7 @@ Both listen on 127.0.0.1 only, on free ports, so a running `make serve` does not
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -79,14 +80,21 @@ def stop_api(process: subprocess.Popen) -> None:
         process.kill()
 
 
-@pytest.fixture(scope="session")
-def api_url(triton: TritonServer) -> Iterator[str]:
+@contextlib.contextmanager
+def running_api(triton_grpc_url: str, **env: str) -> Iterator[str]:
+    """`python -m api` on a free local port for the duration; yields its base URL."""
     port = free_port()
-    process = start_api(triton.grpc_url, port)
+    process = start_api(triton_grpc_url, port, **env)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_api(process)
+
+
+@pytest.fixture(scope="session")
+def api_url(triton: TritonServer) -> Iterator[str]:
+    with running_api(triton.grpc_url) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import io
 import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from registry import (
 )
 from stack.triton_server import Ports, TritonServer
 
-from .stack_fixtures import free_port, start_api, stop_api
+from .stack_fixtures import free_port, running_api
 
 PIPELINE = pipeline_model_of("/flux")
 assert all(pipeline_model_of(p) == PIPELINE for p in ROUTES), "one stand-in serves every route"
@@ -152,14 +151,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory, record: Path) -> Iterator[T
 @pytest.fixture(scope="module")
 def api(triton: TritonServer) -> Iterator[str]:
     """`python -m api` in a subprocess, as Modal and the serving tests run it."""
-    port = free_port()
-    process: subprocess.Popen = start_api(
-        triton.grpc_url, port, RYLA_GPU_TYPE="H100", RYLA_GENERATION_TIMEOUT_S=str(TIMEOUT_S)
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_api(process)
+    with running_api(triton.grpc_url, RYLA_GPU_TYPE="H100", RYLA_GENERATION_TIMEOUT_S=str(TIMEOUT_S)) as url:
+        yield url
 
 
 @pytest.fixture()
