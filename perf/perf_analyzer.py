@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from registry import PIPELINE_INPUTS, ROUTES, family_of, pipeline_model_of
+from registry import FAMILIES, PIPELINE_INPUTS, ROUTES, Component, family_of, pipeline_model_of
 from stack.triton_server import pytriton_dir
 
 _SONAMES = {"libb64-": "libb64.so.0d", "libcudart-": "libcudart.so.12"}
@@ -70,30 +70,35 @@ def input_data(route: str, **overrides: object) -> dict:
     return {"data": [{s.name: tensor(values[s.name]) for s in PIPELINE_INPUTS[task]}]}
 
 
-def run(
-    route: str,
-    url: str,
-    work_dir: Path,
-    concurrency: str = "1",
-    request_count: int = 3,
-    timeout_s: float = 300.0,
-    **overrides: object,
+def component_shapes(component: Component, onnx_path: Path, sizes: dict[str, int]) -> dict[str, list[int]]:
+    """Concrete input shapes for a component: registry dims from `sizes`, the checkpoint's fixed widths (-1 in the
+    registry) from the exported graph."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    fixed = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    return {
+        spec.name: [
+            sizes[d] if isinstance(d, str) else (d if d != -1 else fixed[spec.name][axis])
+            for axis, d in enumerate(spec.dims)
+        ]
+        for spec in component.inputs
+    }
+
+
+def _measure(
+    model: str, url: str, work_dir: Path, data_args: list[str], concurrency: str, request_count: int, timeout_s: float
 ) -> dict[str, float]:
-    """One perf_analyzer measurement over gRPC; returns the CSV row of its report (latencies in µs)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    data = work_dir / "input.json"
-    data.write_text(json.dumps(input_data(route, **overrides)))
     report = work_dir / "report.csv"
     cmd = [
         str(binary()),
         "-m",
-        pipeline_model_of(route),
+        model,
         "-u",
         url,
         "-i",
         "grpc",
-        "--input-data",
-        str(data),
+        *data_args,
         "--concurrency-range",
         concurrency,
         "--measurement-mode",
@@ -115,6 +120,40 @@ def run(
     return {k: float(v) for k, v in zip(header, lines[-1].split(","), strict=False) if _is_number(v)}
 
 
+def run(
+    route: str,
+    url: str,
+    work_dir: Path,
+    concurrency: str = "1",
+    request_count: int = 3,
+    timeout_s: float = 300.0,
+    **overrides: object,
+) -> dict[str, float]:
+    """One perf_analyzer measurement of a route's pipeline model over gRPC; the last CSV row (latencies in µs)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data = work_dir / "input.json"
+    data.write_text(json.dumps(input_data(route, **overrides)))
+    model = pipeline_model_of(route)
+    return _measure(model, url, work_dir, ["--input-data", str(data)], concurrency, request_count, timeout_s)
+
+
+def run_component(
+    component: Component,
+    onnx_path: Path,
+    sizes: dict[str, int],
+    url: str,
+    work_dir: Path,
+    concurrency: str = "1",
+    request_count: int = 3,
+    timeout_s: float = 300.0,
+) -> dict[str, float]:
+    """perf_analyzer on one component model with random inputs of the given dim sizes (e.g. one transformer step)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shapes = component_shapes(component, onnx_path, sizes)
+    data_args = ["--input-data", "random", *(f"--shape={n}:{','.join(map(str, s))}" for n, s in shapes.items())]
+    return _measure(component.triton_model, url, work_dir, data_args, concurrency, request_count, timeout_s)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -133,9 +172,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--out", default="perf/results/local/perf_analyzer")
+    parser.add_argument("--component", help="a component model (e.g. flux_dev_transformer) instead of the route")
+    parser.add_argument("--repository", default="build/local/model_repository", help="where its model.onnx lies")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("width", args.width), ("height", args.height), ("steps", args.steps)) if v}
-    row = run(args.route, args.url, Path(args.out), args.concurrency, args.requests, **overrides)
+    if args.component:
+        component = next(c for f in FAMILIES.values() for c in f.components if c.triton_model == args.component)
+        family = next(f for f in FAMILIES.values() if component in f.components)
+        width, height = args.width or 1024, args.height or 1024
+        # One denoising step at the route's size; text dims at their engine optimum.
+        sizes = {d.name: d.opt for d in family.dims} | {
+            "batch": 1,
+            "image_tokens": (width // 16) * (height // 16),
+            "latent_height": height // 8,
+            "latent_width": width // 8,
+        }
+        onnx_path = Path(args.repository) / args.component / "1" / "model.onnx"
+        row = run_component(component, onnx_path, sizes, args.url, Path(args.out), args.concurrency, args.requests)
+    else:
+        overrides = {k: v for k, v in (("width", args.width), ("height", args.height), ("steps", args.steps)) if v}
+        row = run(args.route, args.url, Path(args.out), args.concurrency, args.requests, **overrides)
     print(json.dumps(row, indent=2))
     return 0
 

@@ -42,3 +42,15 @@ def test_perf_analyzer_measures_the_pipeline(triton: TritonServer, tmp_path: Pat
     )
     assert row["Inferences/Second"] > 0
     assert row["p50 latency"] > 0
+
+
+def test_perf_analyzer_measures_one_transformer_step(triton: TritonServer, model_repository: Path, tmp_path) -> None:
+    from registry import FAMILIES
+
+    component = next(c for c in FAMILIES["flux"].components if c.triton_model == "flux_dev_transformer")
+    onnx_path = model_repository / component.triton_model / "1" / "model.onnx"
+    sizes = {"batch": 1, "image_tokens": 256, "t5_tokens": 512}
+    shapes = perf_analyzer.component_shapes(component, onnx_path, sizes)
+    assert shapes["hidden_states"][:2] == [1, 256] and shapes["img_ids"] == [256, 3] and shapes["guidance"] == [1]
+    row = perf_analyzer.run_component(component, onnx_path, sizes, triton.grpc_url, tmp_path, request_count=2)
+    assert row["Inferences/Second"] > 0
