@@ -6,6 +6,7 @@ profile as DLPack, so a latent never leaves the GPU between steps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,11 +18,14 @@ class ComponentCallError(RuntimeError):
 
 
 class BlsClient:
-    def __init__(self, gpu: bool = False) -> None:
+    def __init__(self, gpu: bool = False, profile: bool = False) -> None:
         import triton_python_backend_utils as pb_utils  # only importable inside a Triton stub
 
         self._pb = pb_utils
         self.gpu = gpu
+        # RYLA_PROFILE_BLS=1: seconds per component model (calls, total), to find where served time goes.
+        self.profile = profile
+        self.timings: dict[str, list[float]] = {}
 
     def _tensor(self, name: str, value: torch.Tensor) -> object:
         if self.gpu:
@@ -42,7 +46,21 @@ class BlsClient:
             # Ask for outputs where the caller computes: GPU memory on the GPU profile.
             preferred_memory=pb.PreferredMemory(pb.TRITONSERVER_MEMORY_GPU if self.gpu else pb.TRITONSERVER_MEMORY_CPU),
         )
+        t0 = time.perf_counter() if self.profile else 0.0
         response = request.exec()
         if response.has_error():
             raise ComponentCallError(f"{model}: {response.error().message()}")
-        return {name: self._torch(pb.get_output_tensor_by_name(response, name)) for name in outputs}
+        result = {name: self._torch(pb.get_output_tensor_by_name(response, name)) for name in outputs}
+        if self.profile:
+            if self.gpu:
+                torch.cuda.synchronize()
+            entry = self.timings.setdefault(model, [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t0
+        return result
+
+    def take_timings(self) -> str:
+        """A one-line summary of the calls since the last one, then reset."""
+        text = ", ".join(f"{m}: {n} calls {t * 1000:.0f} ms" for m, (n, t) in self.timings.items())
+        self.timings = {}
+        return text

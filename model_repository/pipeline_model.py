@@ -4,6 +4,7 @@ whose heavy modules call the component models by BLS, and answers images plus th
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 import triton_python_backend_utils as pb_utils
@@ -33,12 +34,13 @@ class TritonPythonModel:
         # The pipeline's own work (scheduler, packing, post-processing) is light; the cores belong to the components.
         torch.set_num_threads(1)
         gpu = params.get("profile") == "gpu"
+        self.client = BlsClient(gpu=gpu, profile=os.environ.get("RYLA_PROFILE_BLS") == "1")
         device = torch.device("cuda", int(args.get("model_instance_device_id", 0))) if gpu else torch.device("cpu")
         self.pipelines = TextToImagePipelines(
             family=params["family"],
             checkpoint_dirs={k: params[f"checkpoint_dir.{k}"] for k in keys},
             labels={k: params[SOURCE_PARAMETER_PREFIX + k] for k in keys},
-            client=BlsClient(gpu=gpu),
+            client=self.client,
             device=device,
             dtype=torch.bfloat16 if gpu else torch.float32,
         )
@@ -60,6 +62,8 @@ class TritonPythonModel:
                         num_images=int(_scalar(request, "NUM_IMAGES")),
                     )
                 )
+                if self.client.profile:
+                    pb_utils.Logger.log_info(f"pipeline {seconds * 1000:.0f} ms; {self.client.take_timings()}")
                 outputs = {
                     "IMAGES": torch.from_numpy(images),
                     "MODEL": torch.tensor(list(label.encode()), dtype=torch.uint8),

@@ -42,6 +42,8 @@ class TritonPythonModel:
         )
         # The adapters wrap the diffusers/transformers module as `.model`; the speed-ups apply to that module.
         accelerate(self.module.model, how, log=lambda m: pb_utils.Logger.log_info(f"{args['model_name']}: {m}"))
+        self.profile = os.environ.get("RYLA_PROFILE_BLS") == "1"
+        self.compute_s, self.calls = 0.0, 0
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
         pb_utils.Logger.log_info(f"{args['model_name']}: ready in {time.perf_counter() - t0:.1f}s")
@@ -55,8 +57,17 @@ class TritonPythonModel:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     if tensor is not None:
                         inputs.append(torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).to(self.device))
+                t0 = time.perf_counter()
                 with torch.inference_mode():
                     outputs = self.module(*inputs)
+                if self.profile:
+                    torch.cuda.synchronize()
+                    self.compute_s += time.perf_counter() - t0
+                    self.calls += 1
+                    if self.calls % 28 == 0:
+                        pb_utils.Logger.log_info(
+                            f"{self.component.triton_model}: {self.calls} calls, compute {self.compute_s * 1000:.0f} ms"
+                        )
                 outputs = outputs if isinstance(outputs, tuple) else (outputs,)
                 responses.append(
                     pb_utils.InferenceResponse(

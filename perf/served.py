@@ -80,6 +80,9 @@ def run_served(
             t1 = time.perf_counter()
             out = infer(server.http_url, family.triton_pipeline, request)
             times.append(time.perf_counter() - t1)
+        profile = [ln for ln in (work / "triton.log").read_text().splitlines() if " calls" in ln]
+        if profile:  # RYLA_PROFILE_BLS=1: where the served time went, per component
+            log("profile:\n" + "\n".join(profile[-6:]))
         free, total = torch.cuda.mem_get_info()
         log(f"served end to end: {[round(t, 3) for t in times]} s; model {out['MODEL'].tobytes().decode()}")
         return Served(
