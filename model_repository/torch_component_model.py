@@ -15,20 +15,16 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from export.adapters import ADAPTERS
-from registry import FAMILIES
+from registry import component_of
 
 from .accelerate import Acceleration, accelerate, enable_compile_cache
-
-
-def _component(name: str):  # noqa: ANN202 - a registry Component
-    return next(c for f in FAMILIES.values() for c in f.components if c.triton_model == name)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.component = _component(args["model_name"])
+        _, self.component = component_of(args["model_name"])
         self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
         t0 = time.perf_counter()
         enable_compile_cache(

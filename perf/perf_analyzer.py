@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from registry import FAMILIES, PIPELINE_INPUTS, ROUTES, Component, family_of, pipeline_model_of
+from registry import PIPELINE_INPUTS, ROUTES, Component, component_of, family_of, pipeline_model_of
 from stack.triton_server import pytriton_dir
 
 _SONAMES = {"libb64-": "libb64.so.0d", "libcudart-": "libcudart.so.12"}
@@ -176,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", default="build/local/model_repository", help="where its model.onnx lies")
     args = parser.parse_args(argv)
     if args.component:
-        component = next(c for f in FAMILIES.values() for c in f.components if c.triton_model == args.component)
-        family = next(f for f in FAMILIES.values() if component in f.components)
+        family, component = component_of(args.component)
         width, height = args.width or 1024, args.height or 1024
         # One denoising step at the route's size; text dims at their engine optimum.
         sizes = {d.name: d.opt for d in family.dims} | {

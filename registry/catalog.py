@@ -178,5 +178,14 @@ def routes_of(group: str) -> list[Route]:
     return [r for r in ROUTES.values() if r.group == group]
 
 
+def component_of(triton_model: str) -> tuple[Family, Component]:
+    """The family and component a Triton component model serves."""
+    for family in FAMILIES.values():
+        for component in family.components:
+            if component.triton_model == triton_model:
+                return family, component
+    raise KeyError(f"no component model {triton_model!r} in the registry")
+
+
 def pipeline_model_of(path: str) -> str:
     return family_of(ROUTES[path].checkpoint).triton_pipeline

@@ -45,9 +45,9 @@ def test_perf_analyzer_measures_the_pipeline(triton: TritonServer, tmp_path: Pat
 
 
 def test_perf_analyzer_measures_one_transformer_step(triton: TritonServer, model_repository: Path, tmp_path) -> None:
-    from registry import FAMILIES
+    from registry import component_of
 
-    component = next(c for c in FAMILIES["flux"].components if c.triton_model == "flux_dev_transformer")
+    _, component = component_of("flux_dev_transformer")
     onnx_path = model_repository / component.triton_model / "1" / "model.onnx"
     sizes = {"batch": 1, "image_tokens": 256, "t5_tokens": 512}
     shapes = perf_analyzer.component_shapes(component, onnx_path, sizes)
