@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from model_repository.accelerate import Acceleration, accelerate, enable_compile_cache
-from registry import ROUTES
+from registry import CHECKPOINTS, ROUTES, Guidance
 
 from .metrics import cost_usd, mfu, psnr
+from .served import PROMPT, SEED, run_served
 
 # The real FLUX.1 configs (diffusers layout); only the weights are random.
 FLUX_TRANSFORMER = dict(
@@ -81,11 +82,16 @@ FLUX_VAE = dict(
     use_quant_conv=False,
     use_post_quant_conv=False,
 )
-MODELS = {
-    # name: (steps, guidance embedding, max_sequence_length, guidance_scale)
-    "dev": (28, True, 512, 3.5),
-    "schnell": (4, False, 256, 0.0),
-}
+
+
+def _facts(model: str) -> tuple[int, bool, int, float]:
+    """(steps, guidance embedding, max_sequence_length, guidance_scale) of FLUX.1-`model`, from the registry."""
+    route = next(r for r in ROUTES.values() if r.checkpoint == f"flux-{model}")
+    checkpoint = CHECKPOINTS[route.checkpoint]
+    return route.steps, checkpoint.guidance is Guidance.DISTILLED, checkpoint.max_sequence_length, route.cfg
+
+
+MODELS = {model: _facts(model) for model in ("dev", "schnell")}
 VARIANTS: dict[str, Acceleration | None] = {
     "eager": None,  # plain diffusers, the baseline
     "compile": Acceleration(fuse_qkv=True, compile=True),
@@ -190,13 +196,13 @@ def end_to_end(pipe, model: str, width: int, height: int, repeats: int) -> tuple
 
     def run() -> np.ndarray:
         out = pipe(
-            "a lighthouse on a cliff at dawn, cinematic",
+            PROMPT,
             width=width,
             height=height,
             num_inference_steps=steps,
             guidance_scale=scale,
             max_sequence_length=seq,
-            generator=torch.Generator("cpu").manual_seed(42),
+            generator=torch.Generator("cpu").manual_seed(SEED),
             output_type="np",
         )
         return (out.images[0] * 255).round().astype(np.uint8)
@@ -304,19 +310,10 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
     pipe = inputs = None  # free the in-process pipeline: the served one needs the GPU
     gc.collect()
     torch.cuda.empty_cache()
-    from .served import run_served
 
     route = next(r for r in ROUTES.values() if r.checkpoint == f"flux-{model}")
     served = run_served(
-        route.checkpoint,
-        checkpoint_dir,
-        args.work / f"served-{model}",
-        args.width,
-        args.height,
-        steps,
-        route.cfg,
-        args.e2e_repeats,
-        log,
+        route.path, checkpoint_dir, args.work / f"served-{model}", args.width, args.height, args.e2e_repeats, log
     )
     row = Row(
         device=device,

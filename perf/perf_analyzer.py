@@ -44,8 +44,9 @@ def library_dir(where: Path) -> Path:
     return where
 
 
-def input_data(route: str, **overrides: object) -> dict:
-    """perf_analyzer's --input-data JSON for one request to the route's pipeline model, defaults from the registry."""
+def request_values(route: str, **overrides: object) -> dict[str, object]:
+    """One request to the route's pipeline model, by input name: the route's defaults from the registry, a fixed
+    prompt and seed, and `overrides` (lower-case input names)."""
     r = ROUTES[route]
     values: dict[str, object] = {
         "CHECKPOINT": r.checkpoint,
@@ -59,7 +60,13 @@ def input_data(route: str, **overrides: object) -> dict:
         "NUM_IMAGES": 1,
     }
     values.update({k.upper(): v for k, v in overrides.items()})
-    task = family_of(r.checkpoint).task
+    return values
+
+
+def input_data(route: str, **overrides: object) -> dict:
+    """perf_analyzer's --input-data JSON for one request to the route's pipeline model."""
+    values = request_values(route, **overrides)
+    task = family_of(ROUTES[route].checkpoint).task
 
     def tensor(value: object) -> dict:
         if isinstance(value, str):  # text: UTF-8 bytes in a UINT8 tensor (registry.PIPELINE_INPUTS)

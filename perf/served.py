@@ -10,10 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from model_repository.layout import CheckpointSource, build_repository
-from registry import PIPELINE_INPUTS, family_of
+from registry import PIPELINE_INPUTS, ROUTES, family_of
 from stack.triton_server import Ports, TritonServer
 
+from .perf_analyzer import request_values
 from .triton_http import infer
+
+# The benchmark's prompt and seed, for the eager and the served image alike.
+PROMPT = "a lighthouse on a cliff at dawn, cinematic"
+SEED = 42
 
 
 @dataclass
@@ -25,35 +30,26 @@ class Served:
     gpu_memory_gb: float  # device memory in use while serving
 
 
-def _request(checkpoint: str, width: int, height: int, steps: int, cfg: float) -> dict:
-    values = {
-        "CHECKPOINT": checkpoint.encode(),
-        "PROMPT": b"a lighthouse on a cliff at dawn, cinematic",
-        "NEGATIVE_PROMPT": b"",
-        "WIDTH": width,
-        "HEIGHT": height,
-        "STEPS": steps,
-        "CFG": cfg,
-        "SEED": 42,
-        "NUM_IMAGES": 1,
-    }
-    task = family_of(checkpoint).task
-    return {s.name: (s.dtype, values[s.name]) for s in PIPELINE_INPUTS[task]}  # bytes: UTF-8 text
+def _request(route: str, width: int, height: int) -> dict:
+    """The benchmark's request (its prompt and seed, so the image compares with the eager one), route defaults."""
+    values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height)
+    task = family_of(ROUTES[route].checkpoint).task
+    # text as bytes: triton_http sends it as UTF-8 in a UINT8 tensor
+    return {s.name: (s.dtype, v.encode() if isinstance(v := values[s.name], str) else v) for s in PIPELINE_INPUTS[task]}
 
 
 def run_served(
-    checkpoint: str,
+    route: str,
     checkpoint_dir: Path,
     work: Path,
     width: int,
     height: int,
-    steps: int,
-    cfg: float,
     repeats: int,
     log,  # noqa: ANN001
 ) -> Served:
     import torch
 
+    checkpoint = ROUTES[route].checkpoint
     family = family_of(checkpoint)
     repository = work / "model_repository"
     names = build_repository(
@@ -71,7 +67,7 @@ def run_served(
     try:
         ready_s = server.wait_ready(timeout_s=600)
         log(f"tritonserver ready (all models loaded) in {ready_s:.1f}s")
-        request = _request(checkpoint, width, height, steps, cfg)
+        request = _request(route, width, height)
         infer(server.http_url, family.triton_pipeline, request)
         first_image_s = time.perf_counter() - t0
         log(f"first image {first_image_s:.1f}s after start (includes compilation)")
