@@ -32,6 +32,26 @@ class Acceleration:
     fp8: bool = False
     compile: bool = True
     compile_mode: str | None = None  # torch.compile mode; None is inductor's default (no autotuning)
+    # CUDA graphs (torch.compile's "reduce-overhead" mode, one graph per input shape): one launch per step instead of
+    # thousands of kernel launches, which a served step exposes (each BLS hand-off synchronises).
+    cuda_graphs: bool = False
+
+    @classmethod
+    def of(cls, accelerations: set[str], precision: str) -> Acceleration:
+        """The speed-ups the registry names for a component (Component.accelerations, Component.precision)."""
+        unknown = accelerations - set(ACCELERATIONS)
+        if unknown:
+            raise ValueError(f"unknown accelerations {sorted(unknown)}; known: {ACCELERATIONS}")
+        return cls(
+            fuse_qkv="fuse_qkv" in accelerations,
+            fp8=precision == "fp8",
+            compile="compile" in accelerations or "cuda_graphs" in accelerations,
+            cuda_graphs="cuda_graphs" in accelerations,
+        )
+
+
+# The names Component.accelerations may use.
+ACCELERATIONS = ("fuse_qkv", "compile", "cuda_graphs")
 
 
 class Fp8Linear(torch.nn.Module):
@@ -116,6 +136,7 @@ def accelerate(module: torch.nn.Module, how: Acceleration, log: Callable[[str], 
         count = swap_fp8_linears(module, fp8_layer_names(module))
         log(f"{count} linears in FP8 (row-wise scaled)")
     if how.compile:
-        module.forward = torch.compile(module.forward, mode=how.compile_mode, fullgraph=False, dynamic=False)
-        log(f"torch.compile mode={how.compile_mode or 'default'}")
+        mode = how.compile_mode or ("reduce-overhead" if how.cuda_graphs else None)
+        module.forward = torch.compile(module.forward, mode=mode, fullgraph=False, dynamic=False)
+        log(f"torch.compile mode={mode or 'default'}")
     return module

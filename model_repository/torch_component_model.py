@@ -32,10 +32,8 @@ class TritonPythonModel:
         )
         module = ADAPTERS[self.component.exporter].load(Path(params["checkpoint_dir"]) / self.component.subfolder)
         self.module = module.to(self.device, torch.bfloat16).eval()
-        wanted = set(filter(None, params.get("accelerations", "").split(",")))
-        how = Acceleration(
-            fuse_qkv="fuse_qkv" in wanted, fp8=params.get("precision") == "fp8", compile="compile" in wanted
-        )
+        how = Acceleration.of(set(filter(None, params.get("accelerations", "").split(","))), params["precision"])
+        self.cuda_graphs = how.cuda_graphs
         # The adapters wrap the diffusers/transformers module as `.model`; the speed-ups apply to that module.
         accelerate(self.module.model, how, log=lambda m: pb_utils.Logger.log_info(f"{args['model_name']}: {m}"))
         self.profile = os.environ.get("RYLA_PROFILE_BLS") == "1"
@@ -55,6 +53,9 @@ class TritonPythonModel:
                         inputs.append(torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).to(self.device))
                 t0 = time.perf_counter()
                 with torch.inference_mode():
+                    if self.cuda_graphs:
+                        # A new step: the graph may overwrite its previous outputs (already sent, see below).
+                        torch.compiler.cudagraph_mark_step_begin()
                     outputs = self.module(*inputs)
                 if self.profile:
                     torch.cuda.synchronize()
@@ -65,6 +66,9 @@ class TritonPythonModel:
                             f"{self.component.triton_model}: {self.calls} calls, compute {self.compute_s * 1000:.0f} ms"
                         )
                 outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+                if self.cuda_graphs:
+                    # CUDA-graph outputs live in the graph's memory pool, which the next replay overwrites.
+                    outputs = tuple(o.clone() for o in outputs)
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[

@@ -97,6 +97,7 @@ VARIANTS: dict[str, Acceleration | None] = {
     "compile": Acceleration(fuse_qkv=True, compile=True),
     "compile_fp8": Acceleration(fuse_qkv=True, fp8=True, compile=True),
     "compile_fp8_cudnn": Acceleration(fuse_qkv=True, fp8=True, compile=True, attention_backend="_native_cudnn"),
+    "compile_fp8_cudagraphs": Acceleration(fuse_qkv=True, fp8=True, compile=True, cuda_graphs=True),
 }
 
 
@@ -117,6 +118,8 @@ class Row:
     compile_s: float
     ready_s: float = float("nan")  # served: tritonserver start -> models loaded
     first_image_s: float = float("nan")  # served: tritonserver start -> first image (cold start, no compile cache)
+    warm_ready_s: float = float("nan")  # served, restarted with compile caches on disk: start -> models loaded
+    warm_first_image_s: float = float("nan")  # ... -> first image
 
 
 def log(message: str) -> None:
@@ -331,6 +334,8 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
         compile_s=float("nan"),
         ready_s=round(served.ready_s, 1),
         first_image_s=round(served.first_image_s, 1),
+        warm_ready_s=round(served.warm_ready_s, 1),
+        warm_first_image_s=round(served.warm_first_image_s, 1),
     )
     log(json.dumps(asdict(row)))
     rows.append(row)

@@ -38,7 +38,7 @@ def test_transformers_run_fp8_and_compiled_on_the_gpu() -> None:
         if component.role == "transformer":
             assert (
                 'string_value: "fp8"' in gpu
-                and 'key: "accelerations" value: { string_value: "fuse_qkv,compile" }' in gpu
+                and 'key: "accelerations" value: { string_value: "fuse_qkv,compile,cuda_graphs" }' in gpu
             )
         else:
             assert "accelerations" not in gpu and 'string_value: "bf16"' in gpu
@@ -101,3 +101,16 @@ def test_gpu_layout_loads_torch_modules_from_their_checkpoints(
         config = (tmp_path / component.triton_model / "config.pbtxt").read_text()
         assert f'string_value: "{sources[component.checkpoints[0]].path}"' in config
     assert 'key: "profile" value: { string_value: "gpu" }' in (tmp_path / "flux_pipeline" / "config.pbtxt").read_text()
+
+
+def test_registry_accelerations_are_known_to_the_torch_runtime() -> None:
+    from model_repository.accelerate import Acceleration
+
+    for family in FAMILIES.values():
+        for component in family.components:
+            how = Acceleration.of(set(component.accelerations), component.precision)
+            # CUDA graphs are a torch.compile mode: naming them compiles the module.
+            assert how.compile == bool({"compile", "cuda_graphs"} & set(component.accelerations))
+            assert how.fp8 == (component.precision == "fp8")
+    with pytest.raises(ValueError, match="unknown accelerations"):
+        Acceleration.of({"tensorrt_magic"}, "bf16")
