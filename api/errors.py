@@ -70,9 +70,14 @@ def openapi_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _field_of(loc: tuple) -> str | None:
-    """The request field a pydantic error points at: ("body", "width") -> "width"."""
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or None
+    """The request field a pydantic error points at: ("body", "width") -> "width", ("body", "reference_images", 1)
+    -> "reference_images[1]"."""
+    field = ""
+    for part in loc:
+        if part == "body":
+            continue
+        field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
+    return field or None
 
 
 def _message(err: dict) -> str:

@@ -15,11 +15,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from registry import Route, pipeline_model_of
+from registry import Route, Task, pipeline_model_of
 
 from .encoding import IMAGE_FORMATS, encode_image
 from .errors import ApiError, openapi_responses
-from .schemas import MAX_SEED, GenerationAnswer, TextToImageRequest, request_model
+from .media import MediaLimits, check_same_size, decode_image_array
+from .schemas import MAX_SEED, EditRequest, GenerationAnswer, GenerationRequest, InpaintRequest, request_model
 from .state import ApiState, Backend, State
 from .triton_client import PipelineResult
 
@@ -40,19 +41,46 @@ def wants_json(request: Request) -> bool:
     return "application/json" in media_types
 
 
-def pipeline_inputs(route: Route, body: TextToImageRequest, seed: int) -> dict[str, Any]:
-    """The values of registry.PIPELINE_INPUTS[Task.TEXT_TO_IMAGE], by tensor name."""
-    return {
+def decode_media(route: Route, body: GenerationRequest) -> dict[str, Any]:
+    """The request's images, checked and decoded (CPU-bound: run off the event loop), by pipeline tensor name.
+
+    A reference image left out is None (an optional input)."""
+    limits = MediaLimits(route.limits.max_media_bytes, route.limits.max_media_pixels)
+    if isinstance(body, EditRequest):
+        references = body.reference_images or []
+        media: dict[str, Any] = {"SOURCE_IMAGE": decode_image_array(body.source_image, "source_image", limits)}
+        for i in range(route.limits.max_reference_images):
+            value = references[i] if i < len(references) else None
+            field = f"reference_images[{i}]"
+            media[f"REFERENCE_IMAGE_{i + 1}"] = None if value is None else decode_image_array(value, field, limits)
+        return media
+    if isinstance(body, InpaintRequest):
+        source = decode_image_array(body.source_image, "source_image", limits)
+        mask = decode_image_array(body.mask_image, "mask_image", limits, mode="L")
+        check_same_size(source, mask)
+        return {"SOURCE_IMAGE": source, "MASK_IMAGE": mask}
+    return {}
+
+
+def pipeline_inputs(route: Route, body: GenerationRequest, seed: int, media: dict[str, Any]) -> dict[str, Any]:
+    """The values of registry.PIPELINE_INPUTS[route.task], by tensor name."""
+    values: dict[str, Any] = {
         "CHECKPOINT": route.checkpoint,
-        "PROMPT": body.prompt,
         "NEGATIVE_PROMPT": body.negative_prompt or "",
-        "WIDTH": body.width,
-        "HEIGHT": body.height,
         "STEPS": body.steps,
         "CFG": body.cfg,
         "SEED": seed,
         "NUM_IMAGES": body.num_images,
+        **media,
     }
+    if route.task is Task.TEXT_TO_IMAGE:
+        width, height = body.size(route)  # type: ignore[attr-defined]
+        values |= {"PROMPT": body.prompt, "WIDTH": width, "HEIGHT": height}  # type: ignore[attr-defined]
+    elif route.task is Task.EDIT:
+        values |= {"PROMPT": body.instruction, "DENOISE": body.denoise}  # type: ignore[attr-defined]
+    elif route.task is Task.INPAINT:
+        values |= {"PROMPT": body.prompt, "DENOISE": body.denoise}  # type: ignore[attr-defined]
+    return values
 
 
 @dataclass(frozen=True)
@@ -76,7 +104,7 @@ class Timings:
         return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in parts.items())
 
 
-def _encode_all(result: PipelineResult, body: TextToImageRequest, as_base64: bool) -> list[tuple[bytes, str]]:
+def _encode_all(result: PipelineResult, body: GenerationRequest, as_base64: bool) -> list[tuple[bytes, str]]:
     encoded = [encode_image(px, body.output_format, body.output_quality) for px in result.images]
     return [(base64.b64encode(data) if as_base64 else data, mime) for data, mime in encoded]
 
@@ -140,8 +168,10 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
         # secrets, not random: a seed nobody can predict from earlier answers.
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
         timeout_s = state.settings.timeout_of(route.timeout_s)
+        # Bad media is a 422/413 before the request takes a place in the queue; Pillow decodes off the event loop.
+        media = await run_in_threadpool(decode_media, route, body)
         async with state.gates[route.group].slot() as queue_s:
-            inputs = pipeline_inputs(route, body, seed)
+            inputs = pipeline_inputs(route, body, seed, media)
             result = await backend.infer(pipeline, route.task, inputs, timeout_s, request.state.request_id)
         cold_start = state.claim_cold_start()
         t_encode = time.perf_counter()

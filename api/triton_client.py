@@ -20,7 +20,7 @@ from .errors import ApiError
 
 log = logging.getLogger("api.triton")
 
-_NUMPY = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+_NUMPY = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "UINT8": np.uint8}
 _CHANNEL_ARGS = [
     # Images of 4 x 2048² x 3 bytes exceed gRPC's 4 MiB default.
     ("grpc.max_send_message_length", 2**31 - 1),
@@ -90,8 +90,12 @@ class TritonBackend:
         inputs = []
         for spec in specs:
             value = values[spec.name]
+            if value is None and spec.optional:
+                continue
             if isinstance(value, str):  # text travels as UTF-8 bytes in a UINT8 tensor (registry)
                 data = np.frombuffer(value.encode(), dtype=np.uint8)
+            elif isinstance(value, np.ndarray):  # decoded media, already in the registry's layout
+                data = np.ascontiguousarray(value, dtype=_NUMPY[spec.dtype])
             else:
                 data = np.array([value], dtype=_NUMPY[spec.dtype]).reshape(spec.dims)
             tensor = InferInput(spec.name, list(data.shape), spec.dtype)

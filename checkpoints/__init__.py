@@ -1,6 +1,6 @@
 """Where checkpoints come from: pinned hub revisions in production, tiny random-weight folders here."""
 
-from .source import MODES, ResolvedCheckpoint, UnpinnedRevisionError, check_pinned, resolve
+from .source import MODES, ResolvedCheckpoint, ResolvedLora, UnpinnedRevisionError, check_pinned, resolve, resolve_lora
 from .tiny import BUILDER_VERSION, BUILDERS, DEFAULT_ROOT, build_tiny
 
 __all__ = [
@@ -9,8 +9,10 @@ __all__ = [
     "DEFAULT_ROOT",
     "MODES",
     "ResolvedCheckpoint",
+    "ResolvedLora",
     "UnpinnedRevisionError",
     "build_tiny",
     "check_pinned",
     "resolve",
+    "resolve_lora",
 ]

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry import CHECKPOINTS, Checkpoint
+from registry import CHECKPOINTS, LORAS, Checkpoint, Lora
 
 from .tiny import DEFAULT_ROOT, build_tiny
 
@@ -32,7 +32,7 @@ class UnpinnedRevisionError(ValueError):
     pass
 
 
-def check_pinned(checkpoint: Checkpoint) -> None:
+def check_pinned(checkpoint: Checkpoint | Lora) -> None:
     """A floating revision ("main") would let a served model change without a rebuild: refuse it unless told."""
     if _COMMIT.match(checkpoint.revision) or os.environ.get(ALLOW_UNPINNED_ENV) == "1":
         return
@@ -40,6 +40,32 @@ def check_pinned(checkpoint: Checkpoint) -> None:
         f"{checkpoint.key}: revision {checkpoint.revision!r} of {checkpoint.hub_id} is not a pinned 40-hex commit "
         f"SHA; pin it in registry/catalog.py (or set {ALLOW_UNPINNED_ENV}=1 for a one-off build)"
     )
+
+
+@dataclass(frozen=True)
+class ResolvedLora:
+    key: str
+    file: Path  # the .safetensors file
+    label: str
+
+
+def resolve_lora(key: str, mode: str, root: Path = DEFAULT_ROOT) -> ResolvedLora:
+    """The local file of registry LoRA `key`: its tiny random stand-in (same key layout) or the pinned hub file."""
+    if key not in LORAS:
+        raise KeyError(f"unknown LoRA {key!r}; known: {sorted(LORAS)}")
+    lora = LORAS[key]
+    if mode == "tiny":
+        file = (build_tiny(lora.tiny, Path(root)) / lora.weight_name).resolve()
+        return ResolvedLora(key, file, f"local:{file}")
+    if mode == "hub":
+        check_pinned(lora)
+        from huggingface_hub import hf_hub_download
+
+        file = Path(
+            hf_hub_download(lora.hub_id, lora.weight_name, revision=lora.revision, cache_dir=str(Path(root) / "hub"))
+        )
+        return ResolvedLora(key, file, f"hub:{lora.hub_id}/{lora.weight_name}@{file.parent.name}")
+    raise ValueError(f"LoRA mode {mode!r}: expected tiny or hub")
 
 
 def resolve(key: str, mode: str, root: Path = DEFAULT_ROOT, path: Path | None = None) -> ResolvedCheckpoint:

@@ -2,7 +2,9 @@
 `from_pretrained` code that loads the real ones.
 
 Each family adds builders to BUILDERS (keyed by the registry's `Checkpoint.tiny`). Builds are seeded and cached: a
-folder is reused while it has its model_index.json and a stamp of the current BUILDER_VERSION.
+folder is reused while its stamp names the current BUILDER_VERSION and every file the builder wrote is still there.
+A builder writes a whole diffusers pipeline folder (model_index.json and its subfolders) or, for a LoRA, the
+folder of its .safetensors file.
 """
 
 from __future__ import annotations
@@ -17,30 +19,40 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from . import flux
+from . import flux, qwen
 
 # Bump when any builder changes what it writes: cached folders with another version are rebuilt.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 STAMP = "tiny-builder.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO_ROOT / ".cache" / "checkpoints"
 
-# tiny name -> builder writing a complete diffusers folder into the (empty) directory it is given.
-# Later families (Qwen-Image, Z-Image, Wan, SDXL) add their entries here.
+# tiny name -> builder writing a complete folder (a diffusers pipeline, or a LoRA's weights file) into the (empty)
+# directory it is given. Later families (Z-Image, Wan, SDXL) add their entries here.
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "flux-schnell": partial(flux.build, "schnell"),
     "flux-dev": partial(flux.build, "dev"),
+    "qwen-image-2512": partial(qwen.build, "2512"),
+    "qwen-image-edit-2511": partial(qwen.build, "edit-2511"),
+    "qwen-image-lightning": qwen.build_lightning,
 }
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() and f.name != STAMP)
+
+
 def is_built(folder: Path) -> bool:
+    """A finished build of the current builders: the stamp is written last, and lists what the builder wrote."""
     stamp = folder / STAMP
-    if not (folder / "model_index.json").exists() or not stamp.exists():
+    if not stamp.exists():
         return False
     try:
-        return json.loads(stamp.read_text()).get("version") == BUILDER_VERSION
+        meta = json.loads(stamp.read_text())
     except json.JSONDecodeError:
         return False
+    files = meta.get("files")
+    return meta.get("version") == BUILDER_VERSION and bool(files) and all((folder / f).is_file() for f in files)
 
 
 @contextmanager
@@ -70,7 +82,8 @@ def build_tiny(name: str, root: Path = DEFAULT_ROOT) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
             BUILDERS[name](tmp)
-            (tmp / STAMP).write_text(json.dumps({"version": BUILDER_VERSION, "name": name}) + "\n")
+            stamp = {"version": BUILDER_VERSION, "name": name, "files": _files(tmp)}
+            (tmp / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the folder is served to other processes
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)

@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from checkpoints import DEFAULT_ROOT, resolve
-from registry import FAMILIES, checkpoints_of
+from checkpoints import DEFAULT_ROOT, resolve, resolve_lora
+from registry import FAMILIES, checkpoints_of, loras_of
 
 from .family import export_family
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out,
             force=args.force,
             labels={k: r.label for k, r in resolved.items()},
+            loras={k: resolve_lora(k, args.checkpoints_mode, args.checkpoints_root).file for k in loras_of(family)},
         )
         counts = {s: sum(v == s for v in manifest["last_run"].values()) for s in set(manifest["last_run"].values())}
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

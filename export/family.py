@@ -9,14 +9,16 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from registry import FAMILIES, Component, Family
+from registry import FAMILIES, LORAS, Component, Family
 
 from . import manifest as mf
 from .adapters import ADAPTERS, INITIALIZER_PREFIX, PARITY_SHAPES
+from .lora_merge import lora_hash, merge_lora
 from .onnx_export import OPTIONS, PARITY_LIMIT, ExportError, check_parity, export_onnx, max_errors
 
 # last_run values
-EXPORTED, UNCHANGED, NOT_GIVEN = "exported", "unchanged", "not_given"
+EXPORTED, UNCHANGED, NOT_GIVEN, TORCH_ONLY = "exported", "unchanged", "not_given", "torch_only"
+_GRAPH_RUNTIMES = {"onnxruntime", "tensorrt"}  # the runtimes that need an exported graph
 
 
 def _log(message: str) -> None:
@@ -58,10 +60,13 @@ def _export_one(
     family: Family,
     source: Path,
     staging: Path,
+    lora_file: Path | None = None,
 ) -> tuple[dict, int]:
     """Export into `staging`, check the graph and parity; returns (manifest fields, parameter count)."""
     adapter = ADAPTERS[component.exporter]
     module = adapter.load(source).eval()
+    if lora_file is not None:  # merged at build time: the graph carries the fused weights under the base names
+        merge_lora(module.model, lora_file, family.pipeline_class, LORAS[component.merged_lora].scale)
     shapes = PARITY_SHAPES[family.name]
     t0 = time.perf_counter()
     export_onnx(component, family, module, adapter.example(module, shapes[0]), staging / "model.onnx")
@@ -83,13 +88,15 @@ def export_family(
     *,
     force: bool = False,
     labels: Mapping[str, str] | None = None,
+    loras: Mapping[str, Path] | None = None,
 ) -> dict:
     """Export the stale components of `family` to `out_dir/<triton_model>/model.onnx` and record them in
     `out_dir/manifest.json`.
 
     `checkpoint_dirs` maps checkpoint keys to diffusers folders; `labels` says where each came from ("hub:id@rev",
-    "local:path"; default the path). A component none of whose checkpoints is given is left alone. Returns the
-    manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given".
+    "local:path"; default the path); `loras`: registry LoRA key -> file, for components that merge one. A component
+    none of whose checkpoints is given is left alone, as is one that runs in torch on every profile. Returns the
+    manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given" | "torch_only".
     """
     fam = FAMILIES[family]
     out_dir = Path(out_dir)
@@ -109,7 +116,17 @@ def export_family(
             _log(f"{name}: none of {list(component.checkpoints)} given, skipped")
             last_run[name] = NOT_GIVEN
             continue
+        if not {runtime for _, runtime in component.backends} & _GRAPH_RUNTIMES:
+            _log(f"{name}: runs in torch on every profile, nothing to export")
+            last_run[name] = TORCH_ONLY
+            continue
         content = contents[name]
+        lora_file = None
+        if component.merged_lora:
+            if component.merged_lora not in (loras or {}):
+                raise ExportError(f"{name}: merges LoRA {component.merged_lora!r}, which was not given")
+            lora_file = Path(loras[component.merged_lora])
+            content = f"{content}+lora:{lora_hash(lora_file)}"
         key = mf.artifact_key(
             content=content,
             component=asdict(component),
@@ -131,7 +148,7 @@ def export_family(
         shutil.rmtree(staging, ignore_errors=True)
         try:
             fields, parameters = _export_one(
-                component, fam, Path(checkpoint_dirs[first]) / component.subfolder, staging
+                component, fam, Path(checkpoint_dirs[first]) / component.subfolder, staging, lora_file
             )
             shutil.rmtree(folder, ignore_errors=True)
             staging.rename(folder)
@@ -162,6 +179,11 @@ def export_family(
             "sha256": mf.file_sha256(folder / "model.onnx"),
             "parameters": parameters,
             "initializer_prefix": INITIALIZER_PREFIX,
+            **(
+                {"merged_lora": {"key": component.merged_lora, "sha256": lora_hash(lora_file)}}
+                if lora_file is not None
+                else {}
+            ),
         }
         mf.save(out_dir, manifest)
         worst = max(e for row in fields["parity"] for e in row["max_abs_error"].values())

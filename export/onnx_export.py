@@ -37,6 +37,23 @@ def dynamic_shapes(component: Component, family: Family) -> tuple[dict[int, torc
     return tuple({axis: dims[d] for axis, d in enumerate(spec.dims) if isinstance(d, str)} for spec in component.inputs)
 
 
+def _check_dynamic_inputs(program: torch.onnx.ONNXProgram, component: Component) -> None:
+    """Every registry-dynamic input axis is still symbolic in the graph.
+
+    When torch.export specialises a dynamic axis (code that turns a size into a constant), torch.onnx.export does
+    not fail: it falls back to a capture that fixes the axis to the traced size. Caught here, by name, instead of as
+    a shape error at some other shape."""
+    for value, spec in zip(program.model.graph.inputs, component.inputs, strict=True):
+        if value.shape is None:
+            continue
+        for axis, (dim, name) in enumerate(zip(value.shape.dims, spec.dims, strict=True)):
+            if isinstance(name, str) and isinstance(dim, int):
+                raise ExportError(
+                    f"{component.triton_model}: torch.export fixed {spec.name} axis {axis} ({name!r}) to {dim}; "
+                    "the traced code turns that size into a constant"
+                )
+
+
 def _name_output_dims(program: torch.onnx.ONNXProgram, component: Component) -> None:
     """Give output axes the registry's names ("height" rather than torch's "8*latent_height"), so the graph reads
     like the registry's TensorSpecs. Labels only: no value or shape changes."""
@@ -72,6 +89,7 @@ def export_onnx(
             optimize=False,
             verbose=False,
         )
+    _check_dynamic_inputs(program, component)
     _name_output_dims(program, component)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(p.numel() * p.element_size() for p in module.parameters())

@@ -25,6 +25,9 @@ class TritonPythonModel:
         # with inter-op threads (the graphs are sequential).
         options.intra_op_num_threads = int(os.environ.get("RYLA_ORT_THREADS", "0"))
         options.inter_op_num_threads = 1
+        # No arena: it keeps every request's peak (a 12k-token edit's attention is GBs) for the life of the process,
+        # and a dozen component processes share the machine's memory.
+        options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.model_name = args["model_name"]
 

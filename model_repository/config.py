@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from registry import Component, Family, TensorSpec
+from registry import Component, Family, PipelineModel, TensorSpec
 
 PROFILES = ("cpu", "gpu")
 # Compute capability -> plan file, for the GPUs we serve on (H100 = 9.0). Issue 6 names plans by TensorRT version.
@@ -21,7 +21,7 @@ def _data_type(spec: TensorSpec, half: bool = False) -> str:
     if spec.dtype == "BYTES":
         return "TYPE_STRING"
     # On the GPU the float tensors between components travel in BF16, the precision the modules run in.
-    return "TYPE_BF16" if half and spec.dtype == "FP32" else f"TYPE_{spec.dtype}"
+    return "TYPE_BF16" if half and spec.dtype == "FP32" and not spec.exact else f"TYPE_{spec.dtype}"
 
 
 def _dims(spec: TensorSpec) -> str:
@@ -29,7 +29,11 @@ def _dims(spec: TensorSpec) -> str:
 
 
 def _tensors(kind: str, specs: Iterable[TensorSpec], half: bool = False) -> str:
-    rows = [f'  {{ name: "{s.name}" data_type: {_data_type(s, half)} dims: [ {_dims(s)} ] }}' for s in specs]
+    def row(s: TensorSpec) -> str:
+        optional = " optional: true" if s.optional else ""
+        return f'  {{ name: "{s.name}" data_type: {_data_type(s, half)} dims: [ {_dims(s)} ]{optional} }}'
+
+    rows = [row(s) for s in specs]
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
 
@@ -82,13 +86,16 @@ def pipeline_config(
     outputs: Iterable[TensorSpec],
     profile: str,
     params: Mapping[str, str],
+    pipeline: PipelineModel | None = None,
 ) -> str:
+    """The config of one of `family`'s pipeline models (default: its first)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    pipeline = pipeline or family.pipelines[0]
     return (
-        _header(family.triton_pipeline, 'backend: "python"')
+        _header(pipeline.triton_model, 'backend: "python"')
         + _tensors("input", inputs)
         + _tensors("output", outputs)
         + _instance_group(profile)
-        + _parameters({"family": family.name, "profile": profile, **params})
+        + _parameters({"family": family.name, "task": str(pipeline.task), "profile": profile, **params})
     )

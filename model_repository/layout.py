@@ -48,7 +48,12 @@ def _write(path: Path, text: str) -> None:
 
 
 def _component(
-    out: Path, component: Component, profile: str, onnx_dir: Path, checkpoints: Mapping[str, CheckpointSource]
+    out: Path,
+    component: Component,
+    profile: str,
+    onnx_dir: Path,
+    checkpoints: Mapping[str, CheckpointSource],
+    loras: Mapping[str, Path],
 ) -> None:
     model_dir = out / component.triton_model
     version_dir = model_dir / VERSION
@@ -68,6 +73,10 @@ def _component(
         if source is None:
             raise FileNotFoundError(f"{component.triton_model}: none of {component.checkpoints} was resolved")
         params = {"checkpoint_dir": str(source.path.resolve())}
+        if component.merged_lora:
+            if component.merged_lora not in loras:
+                raise FileNotFoundError(f"{component.triton_model}: LoRA {component.merged_lora!r} was not resolved")
+            params["merged_lora_file"] = str(Path(loras[component.merged_lora]).resolve())
         _write(model_dir / "config.pbtxt", component_config(component, profile, params))
         _write(version_dir / "model.py", _SHIM.format(module="model_repository.torch_component_model"))
     else:
@@ -82,14 +91,16 @@ def build_repository(
     checkpoints: Mapping[str, CheckpointSource],
     profile: str = "cpu",
     families: Iterable[str] | None = None,
+    loras: Mapping[str, Path] | None = None,
 ) -> list[str]:
-    """Write every model of `families` into `out`; returns the model names written."""
+    """Write every model of `families` into `out`; returns the model names written. `loras`: registry LoRA key ->
+    its .safetensors file, for components that merge one (the torch runtime merges at load)."""
     names: list[str] = []
     for family in (FAMILIES[f] for f in (families or FAMILIES)):
         for component in family.components:
             if not any(k in checkpoints for k in component.checkpoints):
                 continue  # serves only checkpoints that were resolved (a benchmark may build one)
-            _component(out, component, profile, onnx_dir, checkpoints)
+            _component(out, component, profile, onnx_dir, checkpoints, loras or {})
             names.append(component.triton_model)
 
         served = [c for c in checkpoints_of(family.name) if c.key in checkpoints]
@@ -97,11 +108,12 @@ def build_repository(
         for c in served:
             params[f"checkpoint_dir.{c.key}"] = str(checkpoints[c.key].path.resolve())
             params[SOURCE_PARAMETER_PREFIX + c.key] = checkpoints[c.key].label
-        model_dir = out / family.triton_pipeline
-        _write(
-            model_dir / "config.pbtxt",
-            pipeline_config(family, PIPELINE_INPUTS[family.task], PIPELINE_OUTPUTS, profile, params),
-        )
-        _write(model_dir / VERSION / "model.py", _SHIM.format(module="model_repository.pipeline_model"))
-        names.append(family.triton_pipeline)
+        for pipeline in family.pipelines:
+            model_dir = out / pipeline.triton_model
+            _write(
+                model_dir / "config.pbtxt",
+                pipeline_config(family, PIPELINE_INPUTS[pipeline.task], PIPELINE_OUTPUTS, profile, params, pipeline),
+            )
+            _write(model_dir / VERSION / "model.py", _SHIM.format(module="model_repository.pipeline_model"))
+            names.append(pipeline.triton_model)
     return names

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import torch
 from diffusers.configuration_utils import FrozenDict
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from export.qwen_rope import QwenRope, modulate_index_of
 from registry import Component
 
 _TORCH = {"FP32": torch.float32, "INT64": torch.int64, "INT32": torch.int32}
@@ -62,7 +65,9 @@ class ComponentProxy(torch.nn.Module):
         self._input_names = [s.name for s in component.inputs]
         self._output_names = [s.name for s in component.outputs]
         # Float inputs travel in the precision the component runs in (FP32 ONNX on CPU, BF16 on the GPU).
-        self._dtypes = {s.name: dtype if s.dtype == "FP32" else _TORCH[s.dtype] for s in component.inputs}
+        self._dtypes = {
+            s.name: dtype if s.dtype == "FP32" and not s.exact else _TORCH[s.dtype] for s in component.inputs
+        }
 
     @property
     def dtype(self) -> torch.dtype:
@@ -83,6 +88,10 @@ class ComponentProxy(torch.nn.Module):
                 named[key] = value
             elif not (key in _IGNORED_WHEN or value is None):
                 raise TypeError(f"{self.component.triton_model} cannot take {key}={type(value).__name__}")
+        return self.call(named)
+
+    def call(self, named: Mapping[str, torch.Tensor | None]) -> ComponentOutputs:
+        """One request to the component model: registry inputs by name (None = left out), outputs in order."""
         inputs = {
             name: named[name].to(self._device, self._dtypes[name])
             for name in self._input_names
@@ -94,3 +103,108 @@ class ComponentProxy(torch.nn.Module):
     def decode(self, latent: torch.Tensor, return_dict: bool = False) -> ComponentOutputs:
         """The VAE's decode: the pipeline has already applied scaling and shift, as with the real module."""
         return self.forward(latent)
+
+
+class HiddenStatesTextEncoderProxy(ComponentProxy):
+    """A decoder LM used as text encoder (Qwen2.5-VL): the pipelines read `outputs.hidden_states[-1]`, which the
+    component answers as its only output."""
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        output_hidden_states: bool = True,
+    ) -> SimpleNamespace:
+        named = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if pixel_values is not None:
+            named |= {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+        unexpected = [n for n in named if n not in self._input_names]
+        if unexpected:
+            raise TypeError(f"{self.component.triton_model} takes no {unexpected} (registry inputs)")
+        (last,) = self.call(named)
+        return SimpleNamespace(hidden_states=(last,), last_hidden_state=last)
+
+
+class QwenTransformerProxy(ComponentProxy):
+    """Qwen-Image's transformer: `img_shapes` (a Python list) becomes the real cos/sin rotary tables and, for
+    zero_cond_t models, the modulate index, computed here once per shape (export/qwen_rope.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rope = QwenRope.from_config(self.config)
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        img_shapes: list,
+        encoder_hidden_states_mask: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+        attention_kwargs: dict | None = None,
+        return_dict: bool = False,
+        **unused: Any,
+    ) -> ComponentOutputs:
+        if guidance is not None or attention_kwargs or any(v is not None for v in unused.values()):
+            raise TypeError(f"{self.component.triton_model}: guidance/attention_kwargs/{sorted(unused)} not served")
+        batch, text_tokens = encoder_hidden_states.shape[:2]
+        if encoder_hidden_states_mask is None:  # the stock forward treats no mask as all tokens valid
+            encoder_hidden_states_mask = torch.ones(batch, text_tokens, dtype=torch.int64)
+        image_rope, text_rope = self.rope(img_shapes, text_tokens, self._device)
+        named = {
+            "hidden_states": hidden_states,
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_hidden_states_mask": encoder_hidden_states_mask,
+            "timestep": timestep,
+            "image_rope": image_rope,
+            "text_rope": text_rope,
+        }
+        if "modulate_index" in self._input_names:
+            # The pipelines build img_shapes per prompt, not per image: one row serves every image of the batch.
+            named["modulate_index"] = modulate_index_of(img_shapes, self._device).expand(hidden_states.shape[0], -1)
+        return self.call(named)
+
+
+class QwenVaeProxy(ComponentProxy):
+    """The Wan-style VAE of Qwen-Image: decode by the decoder component; encode (edits, inpainting) by the encoder
+    component, whose moments become the same DiagonalGaussianDistribution the stock `encode` returns, so the
+    pipeline samples or takes the mode with its own generator."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.temperal_downsample = list(self.config["temperal_downsample"])  # the pipelines read it (sic)
+        self.encoder: ComponentProxy | None = None
+
+    def encode(self, sample: torch.Tensor, return_dict: bool = True) -> SimpleNamespace:
+        if self.encoder is None:
+            raise TypeError(f"{self.component.triton_model}: no VAE encoder component in this family")
+        (moments,) = self.encoder.call({"sample": sample})
+        return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(moments))
+
+
+# Exporter -> the proxy class for its component (default ComponentProxy).
+PROXIES: dict[str, type[ComponentProxy]] = {
+    "qwen2_5_vl_text_encoder": HiddenStatesTextEncoderProxy,
+    "qwen_transformer": QwenTransformerProxy,
+    "qwen_vae_decoder": QwenVaeProxy,
+}
+
+
+def proxies_for(
+    components: Mapping[str, Component],
+    checkpoint_dir: Path,
+    client: ComponentClient,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, ComponentProxy]:
+    """role -> proxy for the pipeline's constructor; a "vae_encoder" component joins the "vae" proxy."""
+    proxies = {
+        role: PROXIES.get(c.exporter, ComponentProxy)(c, checkpoint_dir, client, device, dtype)
+        for role, c in components.items()
+    }
+    encoder = proxies.pop("vae_encoder", None)
+    if encoder is not None:
+        proxies["vae"].encoder = encoder
+    return proxies

@@ -1,7 +1,9 @@
-"""Triton python-backend model for the GPU profile: one component as its torch module on CUDA, in BF16, with the
-registry's speed-ups (fused QKV, FP8 matmuls, torch.compile with on-disk caches), tensors in and out by DLPack.
+"""Triton python-backend model running one component as its torch module, tensors in and out by DLPack.
 
-TensorRT plans replace this per component once they are built (issue 6); the inputs and outputs stay the same.
+On the GPU profile: CUDA, BF16, the registry's speed-ups (fused QKV, FP8 matmuls, torch.compile with on-disk caches,
+CUDA graphs); TensorRT plans replace it per component once they are built, with the same inputs and outputs. On the
+CPU profile (components the registry runs in torch everywhere, like Qwen2.5-VL): float32, as loaded.
+A component with a merged LoRA (registry `merged_lora`) gets it fused into its weights at load.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from export.adapters import ADAPTERS
-from registry import component_of
+from export.lora_merge import merge_lora
+from registry import LORAS, component_of
 
 from .accelerate import Acceleration, accelerate, enable_compile_cache
 
@@ -24,18 +27,27 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        _, self.component = component_of(args["model_name"])
-        self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+        family, self.component = component_of(args["model_name"])
+        gpu = args.get("model_instance_kind") == "GPU"
         t0 = time.perf_counter()
-        enable_compile_cache(
-            Path(params.get("compile_cache", os.environ.get("RYLA_COMPILE_CACHE", "/tmp/ryla-inductor")))
-        )
         module = ADAPTERS[self.component.exporter].load(Path(params["checkpoint_dir"]) / self.component.subfolder)
-        self.module = module.to(self.device, torch.bfloat16).eval()
-        how = Acceleration.of(set(filter(None, params.get("accelerations", "").split(","))), params["precision"])
-        self.cuda_graphs = how.cuda_graphs
-        # The adapters wrap the diffusers/transformers module as `.model`; the speed-ups apply to that module.
-        accelerate(self.module.model, how, log=lambda m: pb_utils.Logger.log_info(f"{args['model_name']}: {m}"))
+        if self.component.merged_lora:
+            lora = LORAS[self.component.merged_lora]
+            merge_lora(module.model, Path(params["merged_lora_file"]), family.pipeline_class, lora.scale)
+        self.cuda_graphs = False
+        if gpu:
+            self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+            enable_compile_cache(
+                Path(params.get("compile_cache", os.environ.get("RYLA_COMPILE_CACHE", "/tmp/ryla-inductor")))
+            )
+            self.module = module.to(self.device, torch.bfloat16).eval()
+            how = Acceleration.of(set(filter(None, params.get("accelerations", "").split(","))), params["precision"])
+            self.cuda_graphs = how.cuda_graphs
+            # The adapters wrap the diffusers/transformers module as `.model`; the speed-ups apply to that module.
+            accelerate(self.module.model, how, log=lambda m: pb_utils.Logger.log_info(f"{args['model_name']}: {m}"))
+        else:
+            self.device = torch.device("cpu")
+            self.module = module.float().eval()
         self.profile = os.environ.get("RYLA_PROFILE_BLS") == "1"
         self.compute_s, self.calls = 0.0, 0
         self.input_names = [t["name"] for t in config["input"]]
@@ -57,7 +69,7 @@ class TritonPythonModel:
                         # A new step: the graph may overwrite its previous outputs (already sent, see below).
                         torch.compiler.cudagraph_mark_step_begin()
                     outputs = self.module(*inputs)
-                if self.profile:
+                if self.profile and self.device.type == "cuda":
                     torch.cuda.synchronize()
                     self.compute_s += time.perf_counter() - t0
                     self.calls += 1

@@ -4,18 +4,33 @@ from .catalog import (
     CHECKPOINTS,
     FAMILIES,
     GROUPS,
+    LORAS,
     PIPELINE_INPUTS,
     PIPELINE_OUTPUTS,
     ROUTES,
     checkpoints_of,
     component_of,
     family_of,
+    loras_of,
     pipeline_model_of,
     route,
     routes_of,
 )
 from .contract import SOURCE_PARAMETER_PREFIX, invalid_request_message, parse_invalid_request
-from .spec import AppGroup, Checkpoint, Component, Dim, Family, Guidance, Limits, Route, Task, TensorSpec
+from .spec import (
+    AppGroup,
+    Checkpoint,
+    Component,
+    Dim,
+    Family,
+    Guidance,
+    Limits,
+    Lora,
+    PipelineModel,
+    Route,
+    Task,
+    TensorSpec,
+)
 
 __all__ = [
     "CHECKPOINTS",
@@ -24,6 +39,9 @@ __all__ = [
     "parse_invalid_request",
     "FAMILIES",
     "GROUPS",
+    "LORAS",
+    "Lora",
+    "PipelineModel",
     "PIPELINE_INPUTS",
     "PIPELINE_OUTPUTS",
     "ROUTES",
@@ -40,6 +58,7 @@ __all__ = [
     "checkpoints_of",
     "component_of",
     "family_of",
+    "loras_of",
     "pipeline_model_of",
     "route",
     "routes_of",

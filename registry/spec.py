@@ -12,6 +12,8 @@ from enum import StrEnum
 
 class Task(StrEnum):
     TEXT_TO_IMAGE = "text_to_image"
+    EDIT = "edit"  # source_image (+ reference_images) edited by an instruction
+    INPAINT = "inpaint"  # source_image repainted where mask_image is white
 
 
 class Guidance(StrEnum):
@@ -42,6 +44,21 @@ class TensorSpec:
     name: str
     dtype: str  # Triton dtype name without the TYPE_ prefix: FP32, INT64, INT32, UINT8, BYTES
     dims: tuple[int | str, ...]
+    optional: bool = False  # a request may leave it out (Triton config `optional: true`)
+    # FP32 on every profile; other float tensors travel in the precision the module runs in (BF16 on the GPU).
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA file: merged into a component at build time (Component.merged_lora) or applied per request."""
+
+    key: str
+    hub_id: str
+    weight_name: str  # the .safetensors file in the hub repo
+    revision: str  # a 40-hex commit SHA once pinned ("main" = not yet pinned)
+    tiny: str  # the tiny builder (checkpoints/tiny.py) writing a random LoRA of the same key layout
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,9 @@ class Checkpoint:
     tiny: str  # name of the tiny random-weight builder in checkpoints/tiny.py
     guidance: Guidance
     max_sequence_length: int  # the text encoder's token limit for a prompt
+    # Scheduler config values that differ from the checkpoint's scheduler_config.json (e.g. a distilled LoRA's
+    # sigma schedule), as (key, value) pairs.
+    scheduler_overrides: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,21 +99,44 @@ class Component:
     precision: str = "bf16"  # GPU weights; "fp8" runs the transformer blocks' large matmuls in FP8
     # torch runtime speed-ups (model_repository/accelerate.py): "fuse_qkv", "compile", and FP8 follows precision.
     accelerations: tuple[str, ...] = ()
+    # A registry Lora merged into the weights at build time: its own component, no LoRA cost per step.
+    merged_lora: str | None = None
 
     def backend(self, profile: str) -> str:
         return dict(self.backends)[profile]
 
 
 @dataclass(frozen=True)
+class PipelineModel:
+    """A Triton pipeline model: one stock diffusers pipeline class serving one task over the family's components."""
+
+    task: Task  # fixes the model's request tensors (PIPELINE_INPUTS)
+    pipeline_class: str  # the diffusers pipeline class it wraps
+    triton_model: str
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
-    pipeline_class: str  # the diffusers pipeline class the pipeline model wraps
-    task: Task  # what its pipeline model does; fixes the pipeline model's inputs (PIPELINE_INPUTS)
+    pipeline_class: str  # the diffusers pipeline class the (first) pipeline model wraps
+    task: Task  # what its (first) pipeline model does; fixes that model's inputs (PIPELINE_INPUTS)
     # the tokenizer whose token count Checkpoint.max_sequence_length bounds (FLUX: T5's, CLIP truncates at 77)
     prompt_tokenizer: str
     triton_pipeline: str
     components: tuple[Component, ...]
     dims: tuple[Dim, ...]  # the ranges of every symbolic dim its components use
+    # Further pipeline models over the same components (Qwen-Image-Edit: the inpainting pipeline).
+    more_pipelines: tuple[PipelineModel, ...] = ()
+
+    @property
+    def pipelines(self) -> tuple[PipelineModel, ...]:
+        return (PipelineModel(self.task, self.pipeline_class, self.triton_pipeline), *self.more_pipelines)
+
+    def pipeline_for(self, task: Task) -> PipelineModel:
+        for pipeline in self.pipelines:
+            if pipeline.task is task:
+                return pipeline
+        raise KeyError(f"family {self.name} has no pipeline for {task}")
 
     def dim(self, name: str) -> Dim:
         return next(d for d in self.dims if d.name == name)
@@ -113,6 +156,11 @@ class Limits:
     max_num_images: int = 4
     min_cfg: float = 0.0
     max_cfg: float = 20.0
+    # Media inputs (api.md: checked for format, bytes and pixels before they are decoded in full). The pixel limit
+    # protects memory; the pipelines resize what they take to their own working size.
+    max_media_bytes: int = 25 * 1024 * 1024
+    max_media_pixels: int = 4096 * 4096
+    max_reference_images: int = 2
 
 
 @dataclass(frozen=True)
@@ -128,6 +176,9 @@ class Route:
     summary: str
     limits: Limits = field(default_factory=Limits)
     timeout_s: float = 120.0
+    # Named sizes (api.md `aspect_ratio`): (name, width, height); empty where the route has none.
+    aspect_ratios: tuple[tuple[str, int, int], ...] = ()
+    denoise: float | None = None  # default of `denoise` on edit and inpaint routes
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from checkpoints.source import resolve
+from checkpoints.source import resolve, resolve_lora
 from export import export_family
 from model_repository.layout import CheckpointSource, build_repository
-from registry import FAMILIES, checkpoints_of
+from registry import FAMILIES, checkpoints_of, loras_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,17 +38,21 @@ class BuildDirs:
 def build_local_repository(dirs: BuildDirs, mode: str = "tiny", families: tuple[str, ...] | None = None) -> Path:
     """Resolve every checkpoint of `families`, export what changed, lay out the CPU-profile repository."""
     sources: dict[str, CheckpointSource] = {}
+    loras: dict[str, Path] = {}
     for family in families or tuple(FAMILIES):
         t0 = time.perf_counter()
         resolved = {c.key: resolve(c.key, mode, dirs.checkpoints) for c in checkpoints_of(family)}
+        family_loras = {k: resolve_lora(k, mode, dirs.checkpoints).file for k in loras_of(family)}
         print(f"[stack] {family}: {len(resolved)} checkpoints ready in {time.perf_counter() - t0:.1f}s", flush=True)
         export_family(
             family,
             {k: r.path for k, r in resolved.items()},
             dirs.onnx,
             labels={k: r.label for k, r in resolved.items()},
+            loras=family_loras,
         )
         sources.update({k: CheckpointSource(r.path, r.label) for k, r in resolved.items()})
-    names = build_repository(dirs.repository, dirs.onnx, sources, profile="cpu", families=families)
+        loras.update(family_loras)
+    names = build_repository(dirs.repository, dirs.onnx, sources, profile="cpu", families=families, loras=loras)
     print(f"[stack] model repository {dirs.repository}: {', '.join(names)}", flush=True)
     return dirs.repository

@@ -1,4 +1,5 @@
-"""api.md's request rules for /flux and /flux-dev: every bad value is a 422 that names its field, before any model runs.
+"""api.md's request rules for the text-to-image routes: every bad value is a 422 that names its field, before any model
+runs. (Edit and inpaint routes: test_api_validation_media.py.)
 
 The real app runs in-process; its real tritonclient points at a closed local port, so a request that passes
 validation meets a stopped Triton and answers 503, which tells "valid" from "invalid" without a model.
@@ -15,11 +16,11 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.schemas import request_model
 from api.settings import Settings
-from registry import ROUTES
+from registry import ROUTES, Task
 
 from .stack_fixtures import free_port
 
-PATHS = sorted(ROUTES)
+PATHS = sorted(p for p, r in ROUTES.items() if r.task is Task.TEXT_TO_IMAGE)
 GOOD = {"prompt": "a red fox"}
 
 
@@ -74,7 +75,12 @@ def bad_values(path: str) -> list[tuple[str, object]]:
         ("output_quality", 0),
         ("output_quality", 101),
         ("sampler", "euler"),  # unknown field
-        ("aspect_ratio", "1:1"),  # a field of other routes, not of these
+        ("instruction", "make it red"),  # a field of the edit routes
+        *(
+            [("aspect_ratio", "5:4"), ("aspect_ratio", "16/9"), ("aspect_ratio", 1.0)]
+            if ROUTES[path].aspect_ratios
+            else [("aspect_ratio", "1:1")]  # a field of the Qwen routes, not of these
+        ),
     ]
 
 
@@ -138,7 +144,7 @@ def test_json_without_content_type_is_parsed(client: TestClient) -> None:
 
 
 def test_defaults_and_limits_come_from_the_registry() -> None:
-    for path, route in ROUTES.items():
+    for path, route in ((p, ROUTES[p]) for p in PATHS):
         model = request_model(route)
         defaults = model(prompt="p")
         assert (defaults.steps, defaults.cfg, defaults.width, defaults.height) == (
@@ -152,3 +158,17 @@ def test_defaults_and_limits_come_from_the_registry() -> None:
         assert schema["properties"]["steps"]["maximum"] == route.limits.max_steps
         assert schema["properties"]["width"]["multipleOf"] == route.limits.size_multiple
         assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if ROUTES[p].aspect_ratios])
+def test_aspect_ratio_presets_and_their_conflicts(client: TestClient, path: str) -> None:
+    route = ROUTES[path]
+    model = request_model(route)
+    for name, width, height in route.aspect_ratios:
+        assert model(prompt="p", aspect_ratio=name).size(route) == (width, height)
+        assert client.post(path, json={**GOOD, "aspect_ratio": name}).status_code == 503  # valid
+    assert model(prompt="p").size(route) == (route.width, route.height)
+    assert model(prompt="p", width=512, height=768).size(route) == (512, 768)
+    # An explicit size with a preset is ambiguous: 422 naming aspect_ratio, even when the size equals the preset's.
+    for extra in ({"width": 1328}, {"height": 928}, {"width": 1664, "height": 928}):
+        assert_invalid(client.post(path, json={**GOOD, "aspect_ratio": "16:9", **extra}), "aspect_ratio")

@@ -73,13 +73,30 @@ def test_pipeline_config_carries_the_request_contract_and_sources() -> None:
 
 def test_laid_out_repository(model_repository: Path) -> None:
     names = sorted(p.name for p in model_repository.iterdir() if (p / "config.pbtxt").exists())
-    assert names == sorted([c.triton_model for c in FLUX.components] + ["flux_pipeline"])
-    for component in FLUX.components:
-        version = model_repository / component.triton_model / "1"
-        assert (version / "model.onnx").stat().st_size > 0
-        assert "model_repository.component_model" in (version / "model.py").read_text()
+    expected = [c.triton_model for f in FAMILIES.values() for c in f.components]
+    expected += [p.triton_model for f in FAMILIES.values() for p in f.pipelines]
+    assert names == sorted(expected)
+    for family in FAMILIES.values():
+        for component in family.components:
+            version = model_repository / component.triton_model / "1"
+            if component.backend("cpu") == "onnxruntime":
+                assert (version / "model.onnx").stat().st_size > 0
+                assert "model_repository.component_model" in (version / "model.py").read_text()
+            else:  # torch on the CPU too (Qwen2.5-VL): loads its checkpoint subfolder, nothing exported
+                assert "model_repository.torch_component_model" in (version / "model.py").read_text()
+                assert not (version / "model.onnx").exists()
     pipeline = (model_repository / "flux_pipeline" / "config.pbtxt").read_text()
     assert 'key: "checkpoints" value: { string_value: "flux-schnell,flux-dev" }' in pipeline
+    # Qwen-Image-Edit's two pipeline models, one per task, over the same components.
+    for name, task in (("qwen_edit_pipeline", "edit"), ("qwen_inpaint_pipeline", "inpaint")):
+        config = (model_repository / name / "config.pbtxt").read_text()
+        assert f'key: "task" value: {{ string_value: "{task}" }}' in config
+    edit = (model_repository / "qwen_edit_pipeline" / "config.pbtxt").read_text()
+    assert 'name: "REFERENCE_IMAGE_2" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] optional: true' in edit
+    # The fast transformer is the base one with the Lightning LoRA merged at build time: its own graph.
+    fast = model_repository / "qwen_image_fast_transformer" / "1" / "model.onnx"
+    base = model_repository / "qwen_image_transformer" / "1" / "model.onnx"
+    assert fast.read_bytes() != base.read_bytes()
 
 
 def test_gpu_layout_loads_torch_modules_from_their_checkpoints(
