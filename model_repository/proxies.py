@@ -129,11 +129,30 @@ class HiddenStatesTextEncoderProxy(ComponentProxy):
 
 class QwenTransformerProxy(ComponentProxy):
     """Qwen-Image's transformer: `img_shapes` (a Python list) becomes the real cos/sin rotary tables and, for
-    zero_cond_t models, the modulate index, computed here once per shape (export/qwen_rope.py)."""
+    zero_cond_t models, the modulate index, computed here once per shape (export/qwen_rope.py).
+
+    True CFG as one batch of two: the stock pipelines call the transformer twice per step, inside
+    `cache_context("cond")` then `("uncond")`, with the same latents and the same two prompt embeddings every step.
+    From the second step on, the "cond" call sends both halves as one request (the shorter text padded and masked)
+    and keeps the unconditional half for the "uncond" call that follows, if that call's inputs are the ones paired
+    (same objects, equal timestep); anything else falls back to its own request."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rope = QwenRope.from_config(self.config)
+        self._context: str | None = None
+        self._last_cond: tuple[torch.Tensor, torch.Tensor | None] | None = None  # embeds, mask of the last cond call
+        self._pair: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None  # cond, uncond, uncond mask
+        self._kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.batched_calls = 0  # steps whose two CFG passes went as one request
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str) -> Iterator[None]:
+        self._context = name
+        try:
+            yield
+        finally:
+            self._context = None
 
     def forward(  # type: ignore[override]
         self,
@@ -146,9 +165,45 @@ class QwenTransformerProxy(ComponentProxy):
         attention_kwargs: dict | None = None,
         return_dict: bool = False,
         **unused: Any,
-    ) -> ComponentOutputs:
+    ) -> tuple[torch.Tensor]:
         if guidance is not None or attention_kwargs or any(v is not None for v in unused.values()):
             raise TypeError(f"{self.component.triton_model}: guidance/attention_kwargs/{sorted(unused)} not served")
+        if self._context == "uncond":
+            kept = self._kept
+            self._kept = None
+            if (
+                kept is not None
+                and kept[0] is hidden_states
+                and kept[1] is encoder_hidden_states
+                and torch.equal(kept[2], timestep)
+            ):
+                return (kept[3],)
+            if self._last_cond is not None:  # pair these embeddings with the cond ones from the next step on
+                self._pair = (self._last_cond[0], encoder_hidden_states, encoder_hidden_states_mask)
+        elif self._context == "cond":
+            self._last_cond = (encoder_hidden_states, encoder_hidden_states_mask)
+            if self._pair is not None and self._pair[0] is encoder_hidden_states:
+                _, uncond, uncond_mask = self._pair
+                both = self._run(
+                    torch.cat([hidden_states, hidden_states]),
+                    *_pad_and_stack((encoder_hidden_states, encoder_hidden_states_mask), (uncond, uncond_mask)),
+                    torch.cat([timestep, timestep]),
+                    img_shapes,
+                )
+                half = hidden_states.shape[0]
+                self._kept = (hidden_states, uncond, timestep, both[half:])
+                self.batched_calls += 1
+                return (both[:half],)
+        return (self._run(hidden_states, encoder_hidden_states, encoder_hidden_states_mask, timestep, img_shapes),)
+
+    def _run(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_mask: torch.Tensor | None,
+        timestep: torch.Tensor,
+        img_shapes: list,
+    ) -> torch.Tensor:
         batch, text_tokens = encoder_hidden_states.shape[:2]
         if encoder_hidden_states_mask is None:  # the stock forward treats no mask as all tokens valid
             encoder_hidden_states_mask = torch.ones(batch, text_tokens, dtype=torch.int64)
@@ -163,8 +218,22 @@ class QwenTransformerProxy(ComponentProxy):
         }
         if "modulate_index" in self._input_names:
             # The pipelines build img_shapes per prompt, not per image: one row serves every image of the batch.
-            named["modulate_index"] = modulate_index_of(img_shapes, self._device).expand(hidden_states.shape[0], -1)
-        return self.call(named)
+            named["modulate_index"] = modulate_index_of(img_shapes, self._device).expand(batch, -1)
+        return self.call(named)[0]
+
+
+def _pad_and_stack(
+    *items: tuple[torch.Tensor, torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeddings of different lengths as one batch: zero-padded to the longest, the padding masked out
+    (the transformer's joint attention ignores masked text tokens, and text positions start at the same index)."""
+    length = max(e.shape[1] for e, _ in items)
+    embeds, masks = [], []
+    for e, m in items:
+        m = torch.ones(e.shape[:2], dtype=torch.int64, device=e.device) if m is None else m.to(torch.int64)
+        embeds.append(torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])))
+        masks.append(torch.nn.functional.pad(m, (0, length - m.shape[1])))
+    return torch.cat(embeds), torch.cat(masks)
 
 
 class QwenVaeProxy(ComponentProxy):

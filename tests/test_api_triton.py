@@ -42,7 +42,10 @@ from stack.triton_server import Ports, TritonServer
 from .stack_fixtures import free_port, running_api
 
 PIPELINE = pipeline_model_of("/flux")
-assert all(pipeline_model_of(p) == PIPELINE for p in ROUTES), "one stand-in serves every route"
+# The stand-in is the FLUX group's pipeline (the text-to-image contract); the API under test serves that group.
+GROUP = ROUTES["/flux"].group
+STAND_IN_ROUTES = {p: r for p, r in ROUTES.items() if r.group == GROUP}
+assert all(pipeline_model_of(p) == PIPELINE for p in STAND_IN_ROUTES), "one stand-in serves the group's routes"
 SMALL = {"width": 256, "height": 256, "steps": 1}
 TIMEOUT_S = 2.0  # RYLA_GENERATION_TIMEOUT_S of the API under test
 TOKEN_LIMIT = invalid_request_message("prompt", "the prompt is over the text encoder's token limit")
@@ -151,7 +154,9 @@ def triton(tmp_path_factory: pytest.TempPathFactory, record: Path) -> Iterator[T
 @pytest.fixture(scope="module")
 def api(triton: TritonServer) -> Iterator[str]:
     """`python -m api` in a subprocess, as Modal and the serving tests run it."""
-    with running_api(triton.grpc_url, RYLA_GPU_TYPE="H100", RYLA_GENERATION_TIMEOUT_S=str(TIMEOUT_S)) as url:
+    with running_api(
+        triton.grpc_url, RYLA_GPU_TYPE="H100", RYLA_GENERATION_TIMEOUT_S=str(TIMEOUT_S), RYLA_GROUPS=GROUP
+    ) as url:
         yield url
 
 
@@ -187,7 +192,7 @@ def test_first_generation_is_the_cold_start(triton: TritonServer) -> None:
         assert float(cold.split()[1]) > 0
 
 
-@pytest.mark.parametrize("path", sorted(ROUTES))
+@pytest.mark.parametrize("path", sorted(STAND_IN_ROUTES))
 def test_raw_image_with_headers_and_the_contract_inputs(client: httpx.Client, record: Path, path: str) -> None:
     route = ROUTES[path]
     r = client.post(path, json={"prompt": "a fox", "width": 512, "height": 256, "seed": 1234})
@@ -329,7 +334,8 @@ def test_ready_and_models_when_loaded(client: httpx.Client) -> None:
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["models"] == {PIPELINE: True}
     rows = {row["path"]: row for row in client.get("/v1/models").json()["data"]}
-    for path, route in ROUTES.items():
+    assert set(rows) == set(STAND_IN_ROUTES)  # the group's routes only
+    for path, route in STAND_IN_ROUTES.items():
         assert rows[path]["loaded"] is True
         assert rows[path]["model"] == source_of(route.checkpoint)  # from the model's config parameters
 

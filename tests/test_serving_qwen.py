@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import urllib.request
 from functools import cache
 from typing import Any
 
@@ -204,3 +206,22 @@ def test_mask_of_another_size_is_422(client: httpx.Client) -> None:
     }
     r = client.post("/qwen-image-inpaint-2511", json=body)
     assert r.status_code == 422 and r.json()["error"]["field"] == "mask_image", r.text
+
+
+def _executions(triton, model: str) -> int:  # noqa: ANN001 - the session's TritonServer
+    with urllib.request.urlopen(f"{triton.http_url}/v2/models/{model}/stats", timeout=5) as r:
+        return int(json.load(r)["model_stats"][0]["execution_count"])
+
+
+def test_cfg_passes_go_to_triton_as_one_batch(client: httpx.Client, triton) -> None:  # noqa: ANN001
+    """True CFG, 4 steps: the first step learns the pair (two requests), the next three send cond + uncond as one
+    batch of two: 5 transformer requests instead of 8, and the image still equals diffusers' two-pass one."""
+    before = _executions(triton, "qwen_image_transformer")
+    body = {"prompt": PROMPT, "negative_prompt": "blurry, low quality", "steps": 4, "seed": 12, **SIZE}
+    r = client.post("/qwen-image-2512", json=body)
+    assert r.status_code == 200, r.text
+    assert _executions(triton, "qwen_image_transformer") - before == 5
+    expected = run_reference(
+        "/qwen-image-2512", 12, prompt=PROMPT, negative_prompt="blurry, low quality", num_inference_steps=4, **SIZE
+    )
+    assert max_diff(decode(r.content), expected) <= MAX_PIXEL_DIFF
