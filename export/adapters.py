@@ -134,6 +134,11 @@ class QwenTransformer(torch.nn.Module):
     ) -> torch.Tensor:
         from .qwen_rope import halves_for_export
 
+        tracing = torch.compiler.is_exporting() or torch.compiler.is_compiling()
+        if not tracing and bool(encoder_hidden_states_mask.all()):
+            # As the stock pipelines do: an all-ones mask is no mask, which keeps attention on the flash kernel
+            # (a masked SDPA took 11% longer per Qwen-Image step on the H100). The exported graph keeps the input.
+            encoder_hidden_states_mask = None
         given = self.model.pos_embed.given(image_rope, text_rope, encoder_hidden_states_mask, modulate_index)
         with given, halves_for_export(enabled=modulate_index is not None):
             return self.model(

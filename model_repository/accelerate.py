@@ -70,6 +70,9 @@ class Fp8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        rows = x2.shape[0]
+        if rows % 16:  # cuBLASLt's FP8 GEMMs want every dim a multiple of 16 (Qwen-Image 1328²: 6889 image tokens)
+            x2 = torch.nn.functional.pad(x2, (0, 0, 0, 16 - rows % 16))
         x_scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
         x_fp8 = (x2.float() / x_scale).to(torch.float8_e4m3fn)
         y = torch._scaled_mm(
@@ -81,7 +84,7 @@ class Fp8Linear(torch.nn.Module):
             out_dtype=torch.bfloat16,
             use_fast_accum=True,
         )
-        return y.reshape(*shape[:-1], self.out_features)
+        return y[:rows].reshape(*shape[:-1], self.out_features)
 
 
 _SEPARATE_QKV = {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"}

@@ -131,11 +131,13 @@ class QwenTransformerProxy(ComponentProxy):
     """Qwen-Image's transformer: `img_shapes` (a Python list) becomes the real cos/sin rotary tables and, for
     zero_cond_t models, the modulate index, computed here once per shape (export/qwen_rope.py).
 
-    True CFG as one batch of two: the stock pipelines call the transformer twice per step, inside
-    `cache_context("cond")` then `("uncond")`, with the same latents and the same two prompt embeddings every step.
-    From the second step on, the "cond" call sends both halves as one request (the shorter text padded and masked)
-    and keeps the unconditional half for the "uncond" call that follows, if that call's inputs are the ones paired
-    (same objects, equal timestep); anything else falls back to its own request."""
+    True CFG as one batch of two where the shapes allow: the stock pipelines call the transformer twice per step,
+    inside `cache_context("cond")` then `("uncond")`, with the same latents and the same two prompt embeddings every
+    step. From the second step on, when both prompts have the same token count, the "cond" call sends both halves as
+    one request and keeps the unconditional half for the "uncond" call that follows, if that call's inputs are the
+    ones paired (same objects, equal timestep); anything else goes as its own request. Prompts of different lengths
+    are not padded into one batch: the padding mask moves attention off the flash kernel, which on the H100 cost more
+    than the saved round trip (perf/results/h100/qwen_image_*)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -182,11 +184,16 @@ class QwenTransformerProxy(ComponentProxy):
                 self._pair = (self._last_cond[0], encoder_hidden_states, encoder_hidden_states_mask)
         elif self._context == "cond":
             self._last_cond = (encoder_hidden_states, encoder_hidden_states_mask)
-            if self._pair is not None and self._pair[0] is encoder_hidden_states:
+            if (
+                self._pair is not None
+                and self._pair[0] is encoder_hidden_states
+                and self._pair[1].shape == encoder_hidden_states.shape
+            ):
                 _, uncond, uncond_mask = self._pair
                 both = self._run(
                     torch.cat([hidden_states, hidden_states]),
-                    *_pad_and_stack((encoder_hidden_states, encoder_hidden_states_mask), (uncond, uncond_mask)),
+                    torch.cat([encoder_hidden_states, uncond]),
+                    _stack_masks((encoder_hidden_states, encoder_hidden_states_mask), (uncond, uncond_mask)),
                     torch.cat([timestep, timestep]),
                     img_shapes,
                 )
@@ -222,18 +229,12 @@ class QwenTransformerProxy(ComponentProxy):
         return self.call(named)[0]
 
 
-def _pad_and_stack(
-    *items: tuple[torch.Tensor, torch.Tensor | None],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt embeddings of different lengths as one batch: zero-padded to the longest, the padding masked out
-    (the transformer's joint attention ignores masked text tokens, and text positions start at the same index)."""
-    length = max(e.shape[1] for e, _ in items)
-    embeds, masks = [], []
-    for e, m in items:
-        m = torch.ones(e.shape[:2], dtype=torch.int64, device=e.device) if m is None else m.to(torch.int64)
-        embeds.append(torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])))
-        masks.append(torch.nn.functional.pad(m, (0, length - m.shape[1])))
-    return torch.cat(embeds), torch.cat(masks)
+def _stack_masks(*items: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor | None:
+    """The text masks of equally long prompts as one batch; None (no masking) when neither has one."""
+    if all(m is None for _, m in items):
+        return None
+    ones = [torch.ones(e.shape[:2], dtype=torch.int64, device=e.device) if m is None else m for e, m in items]
+    return torch.cat([m.to(torch.int64) for m in ones])
 
 
 class QwenVaeProxy(ComponentProxy):

@@ -221,10 +221,10 @@ def end_to_end(pipe, model: str, width: int, height: int, repeats: int) -> tuple
     return statistics.median(times), image
 
 
-def write_outputs(rows: list[Row], out: Path) -> None:
+def write_outputs(rows: list[Row], out: Path, name: str = "flux") -> None:
     out.mkdir(parents=True, exist_ok=True)
     device = rows[0].device.replace(" ", "_")
-    csv_path = out / f"flux_{device}.csv"
+    csv_path = out / f"{name}_{device}.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
@@ -246,9 +246,9 @@ def write_outputs(rows: list[Row], out: Path) -> None:
     axes[1].set_ylabel("end-to-end seconds")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"FLUX on {rows[0].device}: diffusers eager vs accelerated")
+    fig.suptitle(f"{name} on {rows[0].device}: diffusers eager vs ours")
     fig.tight_layout()
-    png = out / f"flux_{device}.png"
+    png = out / f"{name}_{device}.png"
     fig.savefig(png, dpi=120)
     log(f"wrote {png}")
 

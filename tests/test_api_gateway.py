@@ -13,6 +13,7 @@ from api.app import create_app
 from api.settings import PRICE_PER_SECOND, Settings
 from registry import CHECKPOINTS, GROUPS, ROUTES, pipeline_model_of
 
+from .requests_valid import REQUIRED, valid_body
 from .stack_fixtures import free_port
 
 GOOD = {"prompt": "a red fox"}
@@ -52,7 +53,7 @@ def error_of(r: httpx.Response, status: int, code: str) -> dict:
 )
 def test_missing_or_wrong_key_is_401(client: TestClient, headers: dict) -> None:
     for path in ROUTES:
-        error_of(client.post(path, json=GOOD, headers=headers), 401, "unauthorized")
+        error_of(client.post(path, json=valid_body(path), headers=headers), 401, "unauthorized")
     r = client.get("/v1/models", headers=headers)
     error_of(r, 401, "unauthorized")
     assert r.headers["www-authenticate"] == "Bearer"
@@ -71,7 +72,7 @@ def test_missing_or_wrong_key_is_401(client: TestClient, headers: dict) -> None:
 def test_either_key_header_passes_auth(client: TestClient, headers: dict) -> None:
     # Past auth and validation, the request meets the stopped Triton: 503, not 401.
     for path in ROUTES:
-        assert client.post(path, json=GOOD, headers=headers).status_code == 503
+        assert client.post(path, json=valid_body(path), headers=headers).status_code == 503
     assert client.get("/v1/models", headers=headers).status_code == 200
 
 
@@ -120,7 +121,7 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
 
 def test_triton_down_is_503_with_retry_after(client: TestClient) -> None:
     for path in ROUTES:
-        r = client.post(path, json=GOOD)
+        r = client.post(path, json=valid_body(path))
         err = error_of(r, 503, "backend_unavailable")
         assert "reach" in err["message"]
         assert int(r.headers["retry-after"]) > 0
@@ -143,7 +144,7 @@ def test_openapi_names_every_route_with_its_schema(client: TestClient) -> None:
         op = spec["paths"][path]["post"]
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         schema = schemas[ref.rsplit("/", 1)[1]]
-        assert schema["additionalProperties"] is False and schema["required"] == ["prompt"]
+        assert schema["additionalProperties"] is False and schema["required"] == REQUIRED[route.task]
         assert schema["properties"]["steps"]["default"] == route.steps
         assert {"image/png", "image/jpeg", "image/webp", "application/json"} <= set(op["responses"]["200"]["content"])
         assert {"x-cost-usd", "x-seed", "x-model"} <= set(op["responses"]["200"]["headers"])

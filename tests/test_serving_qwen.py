@@ -213,15 +213,26 @@ def _executions(triton, model: str) -> int:  # noqa: ANN001 - the session's Trit
         return int(json.load(r)["model_stats"][0]["execution_count"])
 
 
-def test_cfg_passes_go_to_triton_as_one_batch(client: httpx.Client, triton) -> None:  # noqa: ANN001
-    """True CFG, 4 steps: the first step learns the pair (two requests), the next three send cond + uncond as one
-    batch of two: 5 transformer requests instead of 8, and the image still equals diffusers' two-pass one."""
+def _equally_long_negative() -> str:
+    """A negative prompt with the prompt's token count (and other words), so the CFG halves can share a batch."""
+    tokenizer = reference("qwen-image-2512", QwenImagePipeline).tokenizer
+    count = len(tokenizer(PROMPT).input_ids)
+    candidates = [f"a {w} on a cliff at dawn" for w in ("castle", "tower", "house", "tree", "ship", "barn", "wall")]
+    return next(c for c in candidates if c != PROMPT and len(tokenizer(c).input_ids) == count)
+
+
+@pytest.mark.parametrize("same_length", [True, False])
+def test_cfg_passes_go_to_triton_as_one_batch(client: httpx.Client, triton, same_length: bool) -> None:  # noqa: ANN001
+    """True CFG, 4 steps. Prompts of one token count: the first step learns the pair (two requests), the next three
+    send cond + uncond as one batch of two: 5 transformer requests instead of 8. Of different counts: 8 (no padding,
+    see QwenTransformerProxy). Either way the image equals diffusers' two-pass one."""
+    negative = _equally_long_negative() if same_length else "blurry, low quality, watermark, extra fingers"
     before = _executions(triton, "qwen_image_transformer")
-    body = {"prompt": PROMPT, "negative_prompt": "blurry, low quality", "steps": 4, "seed": 12, **SIZE}
+    body = {"prompt": PROMPT, "negative_prompt": negative, "steps": 4, "seed": 12, **SIZE}
     r = client.post("/qwen-image-2512", json=body)
     assert r.status_code == 200, r.text
-    assert _executions(triton, "qwen_image_transformer") - before == 5
+    assert _executions(triton, "qwen_image_transformer") - before == (5 if same_length else 8)
     expected = run_reference(
-        "/qwen-image-2512", 12, prompt=PROMPT, negative_prompt="blurry, low quality", num_inference_steps=4, **SIZE
+        "/qwen-image-2512", 12, prompt=PROMPT, negative_prompt=negative, num_inference_steps=4, **SIZE
     )
     assert max_diff(decode(r.content), expected) <= MAX_PIXEL_DIFF
