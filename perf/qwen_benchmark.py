@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-cache", type=Path, default=Path(tempfile.gettempdir()) / "ryla-inductor")
     parser.add_argument("--smoke", action="store_true", help="tiny configs on the CPU: a dry run of this code")
     parser.add_argument(
-        "--negative-tokens", type=int, default=NEGATIVE_TOKENS, help="as long as the prompt's 64: CFG in one batch"
+        "--negative-tokens", type=int, default=16, help="64 (the prompt's length): our CFG goes as one batch"
     )
     args = parser.parse_args(argv)
     global DEVICE, DTYPE, NEGATIVE_TOKENS
