@@ -64,3 +64,33 @@ def test_benchmark_knows_the_real_configs() -> None:
     assert sum(gpu_benchmark.FLUX_TRANSFORMER["axes_dims_rope"]) == gpu_benchmark.FLUX_TRANSFORMER["attention_head_dim"]
     assert gpu_benchmark.MODELS["dev"][0] == 28 and gpu_benchmark.MODELS["schnell"][0] == 4
     assert gpu_benchmark.VARIANTS["eager"] is None
+
+
+def test_qwen_fp8_layers_are_each_blocks_twelve_matmuls(stack_dirs) -> None:
+    from diffusers import QwenImageTransformer2DModel
+
+    from checkpoints import resolve
+    from model_repository.accelerate import FP8_LAYERS
+
+    path = resolve("qwen-image-2512", "tiny", stack_dirs.checkpoints).path / "transformer"
+    model = QwenImageTransformer2DModel.from_pretrained(path)
+    names = fp8_layer_names(model, FP8_LAYERS[type(model).__name__])
+    # q/k/v/out of both streams, and the two linears of each stream's MLP (720 at 60 blocks full size)
+    assert len(names) == 12 * len(model.transformer_blocks)
+    assert "transformer_blocks.0.img_mlp.net.2" in names and "transformer_blocks.0.attn.to_add_out" in names
+    assert not any("mod" in n or "norm" in n or n.startswith(("img_in", "txt_in", "proj_out")) for n in names)
+
+
+def test_qwen_benchmark_runs_on_tiny_weights(tmp_path) -> None:
+    """The GPU benchmark's code path (eager pipeline vs our proxy + served module) as a CPU dry run: the served
+    path's image equals eager's up to float noise, and the CSV has both routes' rows."""
+    import csv
+
+    from perf import qwen_benchmark
+
+    assert qwen_benchmark.main(["--smoke", "--variants", "eager,ours", "--size", "256", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "qwen_image_cpu_smoke.csv").open()))
+    assert {(r["model"], r["variant"]) for r in rows} == {
+        (m, v) for m in ("qwen-image-2512", "qwen-image-2512-fast") for v in ("eager", "ours")
+    }
+    assert all(float(r["psnr_vs_eager_db"]) > 60 for r in rows if r["variant"] == "ours")
