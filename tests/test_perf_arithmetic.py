@@ -94,3 +94,15 @@ def test_qwen_benchmark_runs_on_tiny_weights(tmp_path) -> None:
         (m, v) for m in ("qwen-image-2512", "qwen-image-2512-fast") for v in ("eager", "ours")
     }
     assert all(float(r["psnr_vs_eager_db"]) > 60 for r in rows if r["variant"] == "ours")
+
+
+def test_qwen_text_encoder_benchmark_runs_on_the_tiny_encoder(tmp_path) -> None:
+    import csv
+
+    from perf import qwen_text_encoder_benchmark
+
+    assert qwen_text_encoder_benchmark.main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "qwen_text_encoder_cpu_smoke.csv").open()))
+    by_case = {r["case"]: r for r in rows}
+    # The edit prompt carries the condition image's tokens (vision tower), the text-to-image one does not.
+    assert int(by_case["edit_one_image"]["text_tokens"]) > int(by_case["text_to_image"]["text_tokens"]) > 0
