@@ -158,6 +158,8 @@ def export_family(
         size = (folder / "model.onnx").stat().st_size + sum(files.values())
         manifest["models"][name] = {
             "key": key,
+            # Each export of a component is a new Triton model version (model_repository/layout.py).
+            "version": int(entry.get("version", 1)) + 1 if entry else 1,
             "family": family,
             "role": component.role,
             "exporter": component.exporter,

@@ -49,7 +49,9 @@ def _instance_group(profile: str) -> str:
 
 def _header(name: str, backend_line: str) -> str:
     # Diffusion tensors carry their own batch dim (max_batch_size 0, full dims); one explicit version.
-    return f'name: "{name}"\n{backend_line}\nmax_batch_size: 0\nversion_policy: {{ specific: {{ versions: [ 1 ] }} }}\n'
+    # The newest version serves: an updated artifact lands as version N+1 beside N, and Triton's reload of the model
+    # (explicit model control) switches to it once it is loaded, N serving until then (stack/update.py).
+    return f'name: "{name}"\n{backend_line}\nmax_batch_size: 0\nversion_policy: {{ latest: {{ num_versions: 1 }} }}\n'
 
 
 def component_config(component: Component, profile: str, params: Mapping[str, str] | None = None) -> str:

@@ -6,6 +6,7 @@ folder gets a one-line model.py that imports it, its generated config.pbtxt, and
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -29,22 +30,41 @@ class CheckpointSource:
     label: str  # "local:<path>" or "hub:<id>@<revision>"
 
 
-def _place(src: Path, dst: Path) -> None:
-    """Hard-link an artifact into the repository (no copy of multi-GB files), copying across file systems."""
+def _place(src: Path, dst: Path) -> bool:
+    """Hard-link an artifact into the repository (no copy of multi-GB files), copying across file systems; True
+    when `dst` now holds other bytes than before."""
     if dst.exists():
         if dst.stat().st_ino == src.stat().st_ino:
-            return
+            return False
         dst.unlink()
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+    return True
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str) -> bool:
+    """Write `text` if it differs; True when the file changed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
+def _export_version(onnx_dir: Path, triton_model: str) -> int:
+    """The version export/ gave the component's current artifact (1 for a manifest without versions)."""
+    manifest = onnx_dir / "manifest.json"
+    models = json.loads(manifest.read_text()).get("models", {}) if manifest.exists() else {}
+    return int(models.get(triton_model, {}).get("version", 1))
+
+
+def _prune(model_dir: Path, keep: set[str]) -> None:
+    """Drop version folders other than `keep` (the new one and the one still serving until the switch)."""
+    for child in model_dir.iterdir():
+        if child.is_dir() and child.name.isdigit() and child.name not in keep:
+            shutil.rmtree(child)
 
 
 def _component(
@@ -54,19 +74,25 @@ def _component(
     onnx_dir: Path,
     checkpoints: Mapping[str, CheckpointSource],
     loras: Mapping[str, Path],
-) -> None:
+) -> bool:
+    """Lay out one component model; True when what Triton would load changed (config or a new version)."""
     model_dir = out / component.triton_model
     version_dir = model_dir / VERSION
     runtime = component.backend(profile)
+    changed = False
     if runtime == "onnxruntime":
-        _write(model_dir / "config.pbtxt", component_config(component, profile))
-        _write(version_dir / "model.py", _SHIM.format(module="model_repository.component_model"))
         artifact_dir = onnx_dir / component.triton_model
         if not (artifact_dir / "model.onnx").exists():
             raise FileNotFoundError(f"{artifact_dir / 'model.onnx'} missing: run `python -m export` first")
+        version = _export_version(onnx_dir, component.triton_model)
+        version_dir = model_dir / str(version)
+        changed |= _write(model_dir / "config.pbtxt", component_config(component, profile))
+        changed |= not version_dir.exists()
+        _write(version_dir / "model.py", _SHIM.format(module="model_repository.component_model"))
         for f in artifact_dir.iterdir():
             if f.is_file():
-                _place(f, version_dir / f.name)
+                changed |= _place(f, version_dir / f.name)
+        _prune(model_dir, keep={str(version), str(version - 1)})
     elif runtime == "torch":
         # The module loads from its checkpoint subfolder at model load; nothing is exported.
         source = next((checkpoints[k] for k in component.checkpoints if k in checkpoints), None)
@@ -77,12 +103,13 @@ def _component(
             if component.merged_lora not in loras:
                 raise FileNotFoundError(f"{component.triton_model}: LoRA {component.merged_lora!r} was not resolved")
             params["merged_lora_file"] = str(Path(loras[component.merged_lora]).resolve())
-        _write(model_dir / "config.pbtxt", component_config(component, profile, params))
-        _write(version_dir / "model.py", _SHIM.format(module="model_repository.torch_component_model"))
+        changed |= _write(model_dir / "config.pbtxt", component_config(component, profile, params))
+        changed |= _write(version_dir / "model.py", _SHIM.format(module="model_repository.torch_component_model"))
     else:
         raise NotImplementedError(
             f"{component.triton_model}: no layout yet for runtime {runtime!r} (TensorRT: issue 6)"
         )
+    return changed
 
 
 def build_repository(
@@ -92,15 +119,19 @@ def build_repository(
     profile: str = "cpu",
     families: Iterable[str] | None = None,
     loras: Mapping[str, Path] | None = None,
+    changed: set[str] | None = None,
 ) -> list[str]:
     """Write every model of `families` into `out`; returns the model names written. `loras`: registry LoRA key ->
-    its .safetensors file, for components that merge one (the torch runtime merges at load)."""
+    its .safetensors file, for components that merge one (the torch runtime merges at load). `changed` collects the
+    models whose config or artifact changed, which a running Triton must reload (stack/update.py)."""
+    changed = set() if changed is None else changed
     names: list[str] = []
     for family in (FAMILIES[f] for f in (families or FAMILIES)):
         for component in family.components:
             if not any(k in checkpoints for k in component.checkpoints):
                 continue  # serves only checkpoints that were resolved (a benchmark may build one)
-            _component(out, component, profile, onnx_dir, checkpoints, loras or {})
+            if _component(out, component, profile, onnx_dir, checkpoints, loras or {}):
+                changed.add(component.triton_model)
             names.append(component.triton_model)
 
         served = [c for c in checkpoints_of(family.name) if c.key in checkpoints]
@@ -110,10 +141,11 @@ def build_repository(
             params[SOURCE_PARAMETER_PREFIX + c.key] = checkpoints[c.key].label
         for pipeline in family.pipelines:
             model_dir = out / pipeline.triton_model
-            _write(
-                model_dir / "config.pbtxt",
-                pipeline_config(family, PIPELINE_INPUTS[pipeline.task], PIPELINE_OUTPUTS, profile, params, pipeline),
+            config = pipeline_config(
+                family, PIPELINE_INPUTS[pipeline.task], PIPELINE_OUTPUTS, profile, params, pipeline
             )
-            _write(model_dir / VERSION / "model.py", _SHIM.format(module="model_repository.pipeline_model"))
+            shim = _SHIM.format(module="model_repository.pipeline_model")
+            if _write(model_dir / "config.pbtxt", config) | _write(model_dir / VERSION / "model.py", shim):
+                changed.add(pipeline.triton_model)
             names.append(pipeline.triton_model)
     return names

@@ -151,6 +151,16 @@ class TritonServer:
         if failed:
             raise RuntimeError("models failed to load: " + "; ".join(f"{n}: {w[:500]}" for n, w in failed.items()))
 
+    def load_model(self, name: str, timeout_s: float = 300.0) -> None:
+        """Explicit model control: (re)load `name` from the repository. On a loaded model Triton loads the new
+        version while the old one keeps serving, then switches; returns once the load is done, raises if it failed."""
+        request = urllib.request.Request(f"{self.http_url}/v2/repository/models/{name}/load", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as r:
+                r.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"loading {name} failed: {exc.read().decode(errors='replace')[:500]}") from None
+
     def served_models(self) -> tuple[str, ...]:
         """The models this server was asked to load: every model folder of the repository for "*"."""
         if "*" in self.load_models:

@@ -18,7 +18,7 @@ def test_component_configs_follow_the_registry(component) -> None:
     cpu = component_config(component, "cpu")
     assert f'name: "{component.triton_model}"' in cpu and 'backend: "python"' in cpu
     assert "kind: KIND_CPU" in cpu and "max_batch_size: 0" in cpu
-    assert "version_policy: { specific: { versions: [ 1 ] } }" in cpu
+    assert "version_policy: { latest: { num_versions: 1 } }" in cpu
     for spec in component.inputs + component.outputs:
         assert f'name: "{spec.name}" data_type: TYPE_{spec.dtype}' in cpu
     assert 'key: "precision" value: { string_value: "fp32" }' in cpu
@@ -78,7 +78,8 @@ def test_laid_out_repository(model_repository: Path) -> None:
     assert names == sorted(expected)
     for family in FAMILIES.values():
         for component in family.components:
-            version = model_repository / component.triton_model / "1"
+            versions = sorted(int(p.name) for p in (model_repository / component.triton_model).iterdir() if p.is_dir())
+            version = model_repository / component.triton_model / str(versions[-1])
             if component.backend("cpu") == "onnxruntime":
                 assert (version / "model.onnx").stat().st_size > 0
                 assert "model_repository.component_model" in (version / "model.py").read_text()
@@ -94,8 +95,8 @@ def test_laid_out_repository(model_repository: Path) -> None:
     edit = (model_repository / "qwen_edit_pipeline" / "config.pbtxt").read_text()
     assert 'name: "REFERENCE_IMAGE_2" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] optional: true' in edit
     # The fast transformer is the base one with the Lightning LoRA merged at build time: its own graph.
-    fast = model_repository / "qwen_image_fast_transformer" / "1" / "model.onnx"
-    base = model_repository / "qwen_image_transformer" / "1" / "model.onnx"
+    fast = max((model_repository / "qwen_image_fast_transformer").glob("*/model.onnx"))
+    base = max((model_repository / "qwen_image_transformer").glob("*/model.onnx"))
     assert fast.read_bytes() != base.read_bytes()
 
 

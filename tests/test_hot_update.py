@@ -1,0 +1,119 @@
+"""A model update on a running stack (CPU profile): a changed checkpoint rebuilds only the component it touches,
+and Triton switches to the new version while a stream of requests through the API keeps getting 200s."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import torch
+from safetensors.torch import load_file, save_file
+
+from checkpoints.source import resolve
+from model_repository.layout import CheckpointSource, build_repository
+from stack.local import BuildDirs
+from stack.triton_server import Ports, TritonServer
+from stack.update import update_family
+
+from .stack_fixtures import free_port, running_api
+
+BODY = {"prompt": "a red fox", "steps": 1, "width": 256, "height": 256, "seed": 3}
+MAX_REQUESTS, MAX_SECONDS = 400, 120.0  # bounds of the request stream
+
+
+def _version(onnx_dir: Path, model: str) -> int:
+    return json.loads((onnx_dir / "manifest.json").read_text())["models"][model].get("version", 1)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Artifacts hard-linked (export replaces folders, never rewrites files); the manifest (rewritten) copied."""
+    (shutil.copy2 if src.endswith(".json") else os.link)(src, dst)
+
+
+def _ready(triton: TritonServer, model: str, version: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"{triton.http_url}/v2/models/{model}/versions/{version}/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _perturb_transformer(checkpoint: Path) -> None:
+    """What a model update looks like on disk: new weights in one subfolder."""
+    path = checkpoint / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    name = next(k for k in weights if k.startswith("proj_out.weight"))
+    torch.manual_seed(0)
+    weights[name] = weights[name] + 0.5 * torch.randn_like(weights[name])
+    path.unlink()  # a new inode: the served repository hard-links nothing from the checkpoint, but be explicit
+    save_file(weights, path, metadata={"format": "pt"})
+
+
+def test_checkpoint_update_reloads_only_the_changed_component_without_losing_requests(stack_dirs, tmp_path) -> None:
+    dirs = BuildDirs(tmp_path / "build")
+    checkpoint = tmp_path / "flux-schnell"
+    shutil.copytree(resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path, checkpoint)
+    # The session's exported components, hard-linked: unchanged sources are recognised by their manifest keys.
+    shutil.copytree(stack_dirs.onnx, dirs.onnx, copy_function=_link_or_copy)
+    label = f"local:{checkpoint.resolve()}"
+    build_repository(dirs.repository, dirs.onnx, {"flux-schnell": CheckpointSource(checkpoint, label)}, "cpu", ["flux"])
+    old_version = _version(dirs.onnx, "flux_schnell_transformer")
+
+    triton = TritonServer(
+        dirs.repository, dirs.backends, Ports(free_port(), free_port(), free_port()), tmp_path / "triton.log"
+    ).start()
+    try:
+        triton.wait_ready(timeout_s=120)
+        with running_api(triton.grpc_url, RYLA_GROUPS="flux") as url, httpx.Client(base_url=url, timeout=60) as c:
+            before = c.post("/flux", json=BODY)
+            assert before.status_code == 200, before.text
+            statuses: list[int] = []
+            stop = threading.Event()
+
+            def stream() -> None:
+                with httpx.Client(base_url=url, timeout=60) as s:
+                    t0 = time.monotonic()
+                    while not stop.is_set() and len(statuses) < MAX_REQUESTS and time.monotonic() - t0 < MAX_SECONDS:
+                        statuses.append(s.post("/flux", json=BODY).status_code)
+
+            thread = threading.Thread(target=stream)
+            thread.start()
+            try:
+                _perturb_transformer(checkpoint)
+                update = update_family("flux", dirs, triton, checkpoint_paths={"flux-schnell": checkpoint})
+                served_during_update = len(statuses)
+                time.sleep(1.0)  # requests keep flowing after the switch too
+            finally:
+                stop.set()
+                thread.join(timeout=MAX_SECONDS)
+            after = c.post("/flux", json=BODY)
+    finally:
+        triton.stop()
+
+    # Exactly the changed component was rebuilt and reloaded; nothing else was touched.
+    assert update.exported == ["flux_schnell_transformer"]
+    assert update.reloaded == ["flux_schnell_transformer"]
+    assert _version(dirs.onnx, "flux_schnell_transformer") == old_version + 1
+    # No request lost while Triton loaded the new version beside the old one.
+    assert served_during_update >= 3 and len(statuses) > served_during_update
+    assert statuses.count(200) == len(statuses), statuses
+    # And the new weights serve: same request, other image.
+    assert after.status_code == 200 and after.content != before.content
+
+
+def test_nothing_changed_reloads_nothing(stack_dirs, tmp_path) -> None:
+    dirs = BuildDirs(tmp_path / "build")
+    shutil.copytree(stack_dirs.onnx, dirs.onnx, copy_function=_link_or_copy)
+    checkpoint = resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path
+    label = f"local:{checkpoint}"
+    build_repository(dirs.repository, dirs.onnx, {"flux-schnell": CheckpointSource(checkpoint, label)}, "cpu", ["flux"])
+    # No Triton needed: an update with nothing stale loads nothing (a server that is not running would fail loudly).
+    idle = TritonServer(dirs.repository, dirs.backends, Ports(free_port(), free_port(), free_port()))
+    update = update_family("flux", dirs, idle, checkpoint_paths={"flux-schnell": checkpoint})
+    assert update.exported == [] and update.reloaded == []
