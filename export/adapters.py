@@ -189,19 +189,12 @@ class QwenZeroCondTransformer(QwenTransformer):
         )
 
 
-class QwenVaeDecoder(torch.nn.Module):
+class QwenVaeDecoder(VaeDecoder):
     """One frame of Qwen-Image's causal 3-D VAE: latent (batch, z_dim, 1, h, w) -> sample (batch, 3, 1, 8h, 8w),
     what `vae.decode(latents, return_dict=False)[0]` gives (the pipeline has already undone latents_mean/std).
 
     The stock decode, feature cache included: with one frame its frame loop runs once and every cache branch is
     fixed at trace time, so height and width stay dynamic."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(latent, return_dict=False)[0]
 
 
 class QwenVaeEncoder(torch.nn.Module):
