@@ -1,6 +1,6 @@
 """Components of a diffusers checkpoint → ONNX, checked against torch, recorded in a manifest.
 
-TensorRT plans are built from these ONNX files on the GPU (a later issue)."""
+TensorRT plans are built from these ONNX files on a GPU with TensorRT (export/tensorrt_build.py, run on Modal)."""
 
 from .family import EXPORTED, NOT_GIVEN, UNCHANGED, export_family, source_hash
 from .manifest import EXPORTER_VERSION, content_hash
