@@ -35,3 +35,11 @@ class Metrics:
             "Seconds from this API's start to the answer of its first generation (0 until then)",
             registry=self.registry,
         )
+        # Set by whatever started Triton in this container (triton_modal.py): seconds from the container's start (or
+        # its restore from a memory snapshot) to each phase of its cold start, e.g. triton_ready and first_image.
+        self.cold_start_phase = Gauge(
+            "ryla_cold_start_phase_seconds",
+            "Seconds from this container's start to a phase of its cold start (triton_ready, first_image)",
+            ["phase"],
+            registry=self.registry,
+        )

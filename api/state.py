@@ -49,6 +49,11 @@ class ApiState:
             await self._backend.close()
             self._backend = None
 
+    def record_cold_start_phase(self, phase: str, seconds: float) -> None:
+        """Seconds from the container's start to `phase`, measured by the host that started Triton (triton_modal.py).
+        The API itself measures only its own start to its first answer (`ryla_cold_start_seconds`)."""
+        self.metrics.cold_start_phase.labels(phase=phase).set(seconds)
+
     def claim_cold_start(self) -> bool:
         """True exactly once: for this process's first generation that Triton answered."""
         cold, self.first_generation_done = not self.first_generation_done, True

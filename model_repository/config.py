@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from registry import Component, Family, PipelineModel, TensorSpec
+from export.tensorrt_build import cc_model_filenames
+from registry import GPU_CAPABILITIES, TENSORRT_VERSION, Component, Family, PipelineModel, TensorSpec
 
 PROFILES = ("cpu", "gpu")
-# Compute capability -> plan file, for the GPUs we serve on (H100 = 9.0). Issue 6 names plans by TensorRT version.
-PLAN_FILES = {"9.0": "model.sm90.plan"}
+# Compute capability -> plan file, named by TensorRT version too (export/tensorrt_build.py writes them).
+PLAN_FILES = cc_model_filenames(TENSORRT_VERSION, GPU_CAPABILITIES)
 
 
 def _data_type(spec: TensorSpec, half: bool = False) -> str:

@@ -239,6 +239,11 @@ QWEN_EDIT = Family(
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (FLUX, QWEN_IMAGE, QWEN_EDIT)}
 
+# The TensorRT that builds and runs our plans (the one in triton_modal.py's NGC image) and the GPUs we build for
+# (H100 = 9.0): plans are named by both, so a plan never loads on a TensorRT or GPU it was not built for.
+TENSORRT_VERSION = "10.13.3.9"
+GPU_CAPABILITIES = ("9.0",)
+
 # Qwen-Image-Lightning's sampler: exponential time shift fixed at log(3) (its README's scheduler config).
 _LIGHTNING_SCHEDULER: tuple[tuple[str, object], ...] = (
     ("base_shift", 1.0986122886681098),  # math.log(3)

@@ -49,6 +49,10 @@ def test_tensorrt_components_are_plans_keyed_by_gpu() -> None:
     gpu = component_config(trt, "gpu")
     # A plan never loads on a GPU it was not built for: one file per compute capability.
     assert 'platform: "tensorrt_plan"' in gpu and 'cc_model_filenames [\n  { key: "9.0"' in gpu
+    # ... and for the TensorRT it was built with (the registry's pin, the one in triton_modal.py's image).
+    from registry import TENSORRT_VERSION
+
+    assert f'value: "model.sm90.trt{TENSORRT_VERSION}.plan"' in gpu
 
 
 def test_unknown_profile_is_refused() -> None:

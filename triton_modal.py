@@ -1,0 +1,796 @@
+# # Triton + the RYLA API on Modal H100s, one container per app group
+#
+# This file puts the stack on Modal. For every app group of the registry (`registry.GROUPS`) that has routes it
+# defines:
+#
+# - a **build function**, `build_<group>`, that downloads the group's pinned checkpoints onto a Volume, exports and
+#   builds TensorRT engines where the GPU profile asks for them, lays out the GPU-profile Triton model repository on
+#   a second Volume and commits it;
+# - a **serving class**, `<Group>Server`, one H100 container that starts `tritonserver` over that repository with
+#   only the group's models loaded, warms every route up, and serves `api/` (the product's REST contract) as an
+#   ASGI web endpoint.
+#
+# Nothing here names a route, a checkpoint or a group: adding one to `registry/catalog.py` adds its build function
+# and its serving class the next time this file is deployed.
+#
+# ```sh
+# modal run triton_modal.py::build_flux          # once per checkpoint or engine change (GPU, long)
+# modal deploy triton_modal.py                   # every serving class, as web endpoints
+# RYLA_API_KEY=... modal run triton_modal.py --group flux   # smoke test against the deployed endpoint
+# ```
+#
+# Before the first build:
+#
+# ```sh
+# modal secret create ryla-hf-token HF_TOKEN=hf_...            # gated repos (FLUX.1-dev) need an accepted licence
+# modal secret create ryla-api-keys RYLA_API_KEYS=key1,key2    # the product's API keys; deploy refuses without
+# ```
+#
+# Checkpoints are pinned by commit. An entry whose `revision` is still "main" is refused by the build (it would let
+# the served weights change without a rebuild). To pin one, look its commit up and write it into the registry:
+#
+# ```sh
+# python -c "from huggingface_hub import HfApi; print(HfApi().model_info('black-forest-labs/FLUX.1-dev').sha)"
+# ```
+#
+# (`modal run triton_modal.py::build_flux --allow-unpinned` builds a one-off from "main"; the repository then records
+# the commit that was actually downloaded.)
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import modal
+
+from registry import (
+    CHECKPOINTS,
+    FAMILIES,
+    GROUPS,
+    TENSORRT_VERSION,
+    AppGroup,
+    Route,
+    Task,
+    family_of,
+    pipeline_model_of,
+    routes_of,
+)
+from stack.triton_server import TritonInstall, TritonServer  # the standard library only
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from api.settings import Settings
+
+# Taken as early as this module runs in a container: the fallback start of the cold-start clock.
+_IMPORTED_AT = time.time()
+
+# ## Pinned constants
+
+APP_NAME = "ryla-diffusion"
+
+# NGC's Triton release 25.10: Ubuntu 24.04 with Python 3.12, CUDA 13.0.2, TensorRT 10.13.3 (the build checks the
+# version, see TENSORRT_PACKAGE), and tritonserver with the python, TensorRT and ONNX Runtime backends in
+# /opt/tritonserver. CUDA 13 matches the torch wheel below (both need an R580+ driver). The python-backend stub in
+# this image embeds the image's own Python, so our packages are installed into that interpreter (no `add_python`):
+# the stub and the API then import the same torch, diffusers and numpy.
+TRITON_TAG = "25.10"
+TRITON_IMAGE = f"nvcr.io/nvidia/tritonserver:{TRITON_TAG}-py3"
+PYTHON_VERSION = "3.12"
+TRITON_HOME = PurePosixPath("/opt/tritonserver")
+TRITON_LOG = Path("/tmp/tritonserver.log")  # printed when Triton fails to start or to warm up
+
+# The project's dependencies for the GPU image: pyproject.toml's pins (tests/test_triton_modal.py keeps them in step)
+# with two differences. torch==2.13.0 from PyPI is, on Linux x86_64, the CUDA 13 build (it pulls nvidia-*-cu13
+# wheels); pyproject's pin resolves to the CPU wheel only on our machines, from a local CPU index. And two packages
+# stay out: `modal`, which Modal mounts into every container itself, and `nvidia-pytriton`, whose bundled tritonserver
+# 2.51 the local stack runs; here the image's own tritonserver serves.
+GPU_PYTHON_PACKAGES: tuple[str, ...] = (
+    "torch==2.13.0",
+    # Triton's python backend stub, tritonclient 2.51 and the API's tensors are checked with numpy < 2 (design.md).
+    "numpy==1.26.4",
+    "diffusers==0.42.1",
+    "transformers==5.24.0",
+    "accelerate>=1.0",
+    "peft==0.21.2",
+    "safetensors>=0.4",
+    "sentencepiece>=0.2",
+    "tokenizers>=0.20",
+    "protobuf>=4.25,<5",
+    "onnx==1.22.0",
+    "onnxruntime==1.32.0",
+    "onnxscript==0.7.2",
+    "tritonclient[all]==2.51.0",
+    "fastapi>=0.115",
+    "uvicorn[standard]>=0.30",
+    "pydantic>=2.7",
+    "pydantic-settings>=2.3",
+    "prometheus-client>=0.20",
+    "pillow>=10",
+    "httpx>=0.27",
+)
+# The TensorRT Python API the engine builder uses must be the TensorRT that Triton's tensorrt backend runs: a plan
+# loads only in the version that built it. The build function checks the two agree before it builds anything.
+TENSORRT_PACKAGE = f"tensorrt-cu13=={TENSORRT_VERSION}"  # the registry's pin, which also names the plans
+NVIDIA_PYPI = "https://pypi.nvidia.com"  # where the tensorrt-cu13 wheels' libraries come from
+# Our packages, mounted into /root at container start (Python sources only); the Triton models import them too.
+OUR_PACKAGES = ("registry", "checkpoints", "export", "model_repository", "api", "stack")
+
+# Volumes: checkpoints (the hub cache), engines (ONNX, TensorRT plans, model repositories), compile caches.
+CHECKPOINTS_VOLUME_NAME = "ryla-checkpoints"
+ENGINES_VOLUME_NAME = "ryla-engines"
+COMPILE_CACHE_VOLUME_NAME = "ryla-compile-cache"
+# Build and serving containers mount each Volume at the same path: the repository's configs name checkpoint folders
+# by absolute path.
+CHECKPOINTS_DIR = PurePosixPath("/vol/checkpoints")
+ENGINES_DIR = PurePosixPath("/vol/engines")
+COMPILE_CACHE_DIR = PurePosixPath("/vol/compile-cache")
+
+# Secrets: their names and the keys the server checks they hold when the app deploys.
+HF_SECRET_NAME, HF_SECRET_KEY = "ryla-hf-token", "HF_TOKEN"
+API_KEYS_SECRET_NAME, API_KEYS_SECRET_KEY = "ryla-api-keys", "RYLA_API_KEYS"
+
+# Build containers: the TensorRT builder needs the GPU it builds for; exporting a 12-20B transformer holds its FP32
+# weights and the traced graph in host memory.
+BUILD_GPU = "H100"
+BUILD_TIMEOUT_S = 6 * 3600
+BUILD_CPU = 16.0
+BUILD_MEMORY_MIB = 128 * 1024
+# Serving containers: the python-backend stubs read each component's BF16 weights into host memory before moving
+# them to the GPU, several at once (Qwen-Image: two 41 GB transformers and a 16 GB text encoder, FP8 on the GPU).
+SERVE_CPU = 8.0
+SERVE_MEMORY_MIB = 128 * 1024
+# Requests beyond the group's generation slots and queue: /health, /ready and /metrics must not wait behind them.
+SERVICE_HEADROOM = 4
+# Seconds an input may run beyond its route's generation limit (encoding, the API's own work).
+REQUEST_MARGIN_S = 60
+# Warm-up generations: the route's default size (compile caches and CUDA graphs are per shape, and most requests use
+# it) with a few steps. The smoke test uses the route's smallest size.
+WARMUP_STEPS = 2
+SMOKE_STEPS = 2
+
+# ## The image
+
+triton_image = (
+    modal.Image.from_registry(
+        TRITON_IMAGE,
+        setup_dockerfile_commands=[
+            # Modal runs the image's interpreter, which it looks for as `python` with pip.
+            "RUN ln -sf /usr/bin/python3 /usr/bin/python",
+            f'RUN python --version | grep -q "Python {PYTHON_VERSION}\\."',
+            "RUN python -m pip --version || (apt-get update && apt-get install -y --no-install-recommends python3-pip)",
+            # Ubuntu 24.04 marks the system Python as externally managed (PEP 668); this image is ours alone.
+            "ENV PIP_BREAK_SYSTEM_PACKAGES=1",
+        ],
+    )
+    # NGC's entrypoint only prints a banner (and sets up CUDA forward compatibility, which an R580+ host needs not).
+    .entrypoint([])
+    .pip_install(*GPU_PYTHON_PACKAGES)
+    .pip_install(TENSORRT_PACKAGE, extra_index_url=NVIDIA_PYPI)
+    .env(
+        {
+            # The python-backend stubs are processes of their own: PYTHONPATH lets them import our packages.
+            "PYTHONPATH": "/root",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            # torch.compile (FLUX and Qwen transformers) and CUDA JIT caches on a Volume: later containers reuse them.
+            "TORCHINDUCTOR_CACHE_DIR": f"{COMPILE_CACHE_DIR}/inductor",
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+            "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+            "TRITON_CACHE_DIR": f"{COMPILE_CACHE_DIR}/triton-kernels",  # OpenAI Triton's kernels, not the server
+            "CUDA_CACHE_PATH": f"{COMPILE_CACHE_DIR}/nv",
+        }
+    )
+    .add_local_python_source(*OUR_PACKAGES)
+)
+
+app = modal.App(APP_NAME, image=triton_image)
+
+# ## Volumes and Secrets
+
+checkpoints_volume = modal.Volume.from_name(CHECKPOINTS_VOLUME_NAME, create_if_missing=True)
+engines_volume = modal.Volume.from_name(ENGINES_VOLUME_NAME, create_if_missing=True)
+compile_cache_volume = modal.Volume.from_name(COMPILE_CACHE_VOLUME_NAME, create_if_missing=True)
+
+# `required_keys`: `modal deploy` fails unless the Secret exists and holds the key (checked by Modal's server).
+hf_secret = modal.Secret.from_name(HF_SECRET_NAME, required_keys=[HF_SECRET_KEY])
+api_keys_secret = modal.Secret.from_name(API_KEYS_SECRET_NAME, required_keys=[API_KEYS_SECRET_KEY])
+
+BUILD_VOLUMES: dict[str | PurePosixPath, modal.Volume] = {
+    CHECKPOINTS_DIR: checkpoints_volume,
+    ENGINES_DIR: engines_volume,
+}
+# Serving reads weights and engines and never writes them; only the compile caches grow.
+SERVE_VOLUMES: dict[str | PurePosixPath, modal.Volume] = {
+    CHECKPOINTS_DIR: checkpoints_volume.read_only(),
+    ENGINES_DIR: engines_volume.read_only(),
+    COMPILE_CACHE_DIR: compile_cache_volume,
+}
+
+# ## What a group serves, from the registry
+
+
+def _unique(items: Any) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Everything one app group needs, derived from the registry alone."""
+
+    group: str
+    checkpoints: tuple[str, ...]  # the registry checkpoints its routes serve
+    families: tuple[str, ...]
+    loras: tuple[str, ...]  # registry LoRAs merged at build time into components of those checkpoints
+    components: tuple[str, ...]  # Triton component models of those checkpoints
+    pipelines: tuple[str, ...]  # Triton pipeline models its routes call
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """What Triton loads: the pipelines and every component they call by BLS (explicit model control)."""
+        return (*self.components, *self.pipelines)
+
+
+def group_plan(group: str) -> GroupPlan:
+    routes = routes_of(group)
+    checkpoints = _unique(r.checkpoint for r in routes)
+    families = _unique(family_of(c).name for c in checkpoints)
+    # The components build_repository lays out for these checkpoints: those sharing a checkpoint with them.
+    components = [c for f in families for c in FAMILIES[f].components if any(k in checkpoints for k in c.checkpoints)]
+    return GroupPlan(
+        group=group,
+        checkpoints=checkpoints,
+        families=families,
+        loras=_unique(c.merged_lora for c in components if c.merged_lora),
+        components=_unique(c.triton_model for c in components),
+        pipelines=_unique(pipeline_model_of(r.path) for r in routes),
+    )
+
+
+def served_groups() -> list[AppGroup]:
+    """The app groups that get a container: those with at least one route in the registry."""
+    return [g for g in GROUPS.values() if routes_of(g.name)]
+
+
+def _words(group: str) -> list[str]:
+    return [w for w in re.split(r"[^0-9A-Za-z]+", group) if w]
+
+
+def serving_class_name(group: str) -> str:
+    """`qwen-edit` -> `QwenEditServer`: the class's global name, which Modal's container imports it by."""
+    return "".join(w[:1].upper() + w[1:] for w in _words(group)) + "Server"
+
+
+def build_function_name(group: str) -> str:
+    return "build_" + "_".join(w.lower() for w in _words(group))
+
+
+def web_label(group: str) -> str:
+    """The endpoint's subdomain label: `<workspace>--ryla-<group>.modal.run`."""
+    return "ryla-" + "-".join(w.lower() for w in _words(group))
+
+
+@dataclass(frozen=True)
+class GroupDirs:
+    """A group's folders on the engines Volume. Each group has its own, so rebuilding one never touches what another
+    serves."""
+
+    group: str
+
+    @property
+    def root(self) -> Path:
+        return Path(ENGINES_DIR) / self.group
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "onnx"
+
+    @property
+    def plans(self) -> Path:
+        return self.root / "plans"
+
+    @property
+    def repository(self) -> Path:
+        return self.root / "model_repository"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "build.json"
+
+
+def _log(group: str, message: str) -> None:
+    print(f"[modal:{group}] {message}", flush=True)
+
+
+# ## Building a group: checkpoints -> ONNX -> TensorRT plans -> model repository
+
+
+def require_pinned(plan: GroupPlan) -> None:
+    """Refuse before any download if a checkpoint or LoRA of the group floats on a branch (checkpoints/source.py's
+    rule, RYLA_ALLOW_UNPINNED=1 included), naming every one at once."""
+    from checkpoints.source import UnpinnedRevisionError, check_pinned
+    from registry import LORAS
+
+    problems = []
+    for entry in (*(CHECKPOINTS[k] for k in plan.checkpoints), *(LORAS[k] for k in plan.loras)):
+        try:
+            check_pinned(entry)
+        except UnpinnedRevisionError as e:
+            problems.append(str(e))
+    if problems:
+        raise UnpinnedRevisionError(
+            f"{plan.group}: refusing to build from floating revisions:\n  "
+            + "\n  ".join(problems)
+            + "\nPin each to its commit (HfApi().model_info(hub_id).sha) in registry/catalog.py, "
+            "or build a one-off with --allow-unpinned."
+        )
+
+
+def _tensorrt_versions() -> tuple[str, str]:
+    """(the `tensorrt` Python package's version, the libnvinfer version Triton's TensorRT backend links)."""
+    import subprocess
+
+    import tensorrt
+
+    backend = Path(TRITON_HOME) / "backends" / "tensorrt" / "libtriton_tensorrt.so"
+    linked = subprocess.run(["ldd", str(backend)], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"libnvinfer\.so\.\S*\s+=>\s+(\S+)", linked)
+    if match is None:
+        raise RuntimeError(f"{backend} links no libnvinfer:\n{linked}")
+    return tensorrt.__version__, Path(match.group(1)).resolve().name.removeprefix("libnvinfer.so.")
+
+
+def require_matching_tensorrt() -> None:
+    builder, runtime = _tensorrt_versions()
+    if not builder.startswith(runtime) and not runtime.startswith(builder):
+        raise RuntimeError(
+            f"the engine builder's TensorRT {builder} differs from Triton's {runtime}: its plans would not load. "
+            f"Pin TENSORRT_PACKAGE in triton_modal.py to the TensorRT of {TRITON_IMAGE}."
+        )
+
+
+def build_group(group: str, force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """The body of every `build_<group>` function; runs in a GPU container with both Volumes mounted read-write."""
+    from checkpoints.source import ALLOW_UNPINNED_ENV
+
+    # checkpoints/source.py reads its escape hatch from the environment: set it for this build only.
+    before = os.environ.get(ALLOW_UNPINNED_ENV)
+    if allow_unpinned:
+        os.environ[ALLOW_UNPINNED_ENV] = "1"
+    try:
+        return _build_group(group, force)
+    finally:
+        if before is None:
+            os.environ.pop(ALLOW_UNPINNED_ENV, None)
+        else:
+            os.environ[ALLOW_UNPINNED_ENV] = before
+
+
+def _build_group(group: str, force: bool) -> dict[str, Any]:
+    from checkpoints.source import resolve, resolve_lora
+    from export import export_family
+    from model_repository.layout import CheckpointSource, build_repository
+
+    plan = group_plan(group)
+    dirs = GroupDirs(group)
+    require_pinned(plan)
+    t0 = time.perf_counter()
+
+    _log(group, f"resolving {', '.join(plan.checkpoints)} (+ LoRAs: {', '.join(plan.loras) or 'none'})")
+    resolved = {key: resolve(key, "hub", Path(CHECKPOINTS_DIR)) for key in plan.checkpoints}
+    loras = {key: resolve_lora(key, "hub", Path(CHECKPOINTS_DIR)).file for key in plan.loras}
+    checkpoints_volume.commit()  # tens of GB: keep them even if a later step fails
+    for key, r in resolved.items():
+        _log(group, f"  {key}: {r.label}")
+    _log(group, f"checkpoints ready in {time.perf_counter() - t0:.0f}s")
+
+    engines: dict[str, Any] = {}
+    for family in plan.families:
+        served = {k: resolved[k].path for k in plan.checkpoints if CHECKPOINTS[k].family == family}
+        # Only TensorRT components need a graph on the GPU; torch components load the checkpoint itself.
+        graph = [
+            c.triton_model
+            for c in FAMILIES[family].components
+            if c.backend("gpu") == "tensorrt" and any(k in served for k in c.checkpoints)
+        ]
+        if not graph:
+            _log(group, f"{family}: every component runs in torch on the GPU, nothing to export or build")
+            continue
+        t1 = time.perf_counter()
+        export_family(
+            family,
+            served,
+            dirs.onnx,
+            force=force,
+            labels={k: resolved[k].label for k in served},
+            loras=loras,
+        )
+        _log(group, f"{family}: ONNX ready in {time.perf_counter() - t1:.0f}s; building plans for {', '.join(graph)}")
+        require_matching_tensorrt()
+        # Imported only here: export/tensorrt_build.py is written apart, and triton_modal imports without it.
+        from export.tensorrt_build import build_family_engines
+
+        t1 = time.perf_counter()
+        engines[family] = build_family_engines(family, dirs.onnx, dirs.plans)
+        engines_volume.commit()
+        _log(group, f"{family}: plans built in {time.perf_counter() - t1:.0f}s")
+
+    dirs.root.mkdir(parents=True, exist_ok=True)
+    sources = {k: CheckpointSource(r.path, r.label) for k, r in resolved.items()}
+    names = build_repository(dirs.repository, dirs.onnx, sources, profile="gpu", families=plan.families, loras=loras)
+    record = {
+        "group": group,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoints": {k: r.label for k, r in resolved.items()},
+        "loras": {k: str(f) for k, f in loras.items()},
+        "models": names,
+        "engines": engines,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    dirs.record.write_text(json.dumps(record, indent=2, default=str))
+    engines_volume.commit()
+    _log(group, f"model repository {dirs.repository}: {', '.join(names)} ({record['seconds']}s in all)")
+    return record
+
+
+# ## Serving a group: Triton in the container, warmed up, the API as an ASGI endpoint
+
+
+@dataclass(frozen=True)
+class NgcTriton(TritonInstall):
+    """The image's own tritonserver, its backends (python, TensorRT, ONNX Runtime) already where it looks for them.
+
+    Unlike the pytriton wheel the local stack runs, nothing needs copying, and the image's LD_LIBRARY_PATH already
+    names Triton's and CUDA's libraries; its python-backend stub embeds the image's Python, which is ours."""
+
+    @classmethod
+    def in_image(cls, home: Path = Path(TRITON_HOME)) -> NgcTriton:
+        python = home / "backends" / "python"
+        return cls(
+            binary=home / "bin" / "tritonserver",
+            libs=home / "lib",
+            backend_src=python,
+            stub=python / "triton_python_backend_stub",
+        )
+
+    def lay_out_backends(self, backends_dir: Path) -> Path:
+        return backends_dir
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # As for the local stack: the interpreter whose packages the stubs import comes first on PATH.
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        return env
+
+
+def triton_server(group: str) -> TritonServer:
+    """`tritonserver --model-repository=<the group's> --model-control-mode=explicit --strict-readiness=true`, loading
+    the group's models only (stack/triton_server.py adds the ports, loopback addresses and --load-model flags)."""
+    return TritonServer(
+        repository=GroupDirs(group).repository,
+        backends_dir=Path(TRITON_HOME) / "backends",
+        log_path=TRITON_LOG,
+        load_models=group_plan(group).models,
+        install=NgcTriton.in_image(),
+    )
+
+
+def require_api_keys(settings: Settings) -> None:
+    """A serving container never answers without keys: an empty RYLA_API_KEYS would turn auth off (api/auth.py)."""
+    if not settings.api_keys:
+        raise RuntimeError(
+            f"refusing to serve without API keys: the Modal Secret {API_KEYS_SECRET_NAME!r} must set "
+            f"{API_KEYS_SECRET_KEY}=key1,key2"
+        )
+
+
+def process_started_at() -> float:
+    """When this process started (wall clock), from /proc; the import of this module where /proc cannot say."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted from the state (field 3)
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:5] == "btime")
+        started = boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+    # A clock that says the process started in the future or days ago is not to be trusted.
+    return started if _IMPORTED_AT - 86400 < started <= time.time() else _IMPORTED_AT
+
+
+def _png(width: int, height: int, mode: str = "RGB", square: bool = False) -> str:
+    """A flat image as base64 PNG; `square`: a white centre square on black (an inpainting mask)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new(mode, (width, height), 0 if square else 128)
+    if square:
+        ImageDraw.Draw(image).rectangle((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=255)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def sample_body(route: Route, steps: int, size: int | None = None) -> dict[str, Any]:
+    """A small valid request for `route`: its default size (or `size`²), `steps` steps, a fixed seed."""
+    width, height = (size, size) if size else (route.width, route.height)
+    body: dict[str, Any] = {"steps": max(1, min(steps, route.limits.max_steps)), "seed": 0}
+    if route.task is Task.TEXT_TO_IMAGE:
+        return {**body, "prompt": "a red fox in the snow", "width": width, "height": height}
+    if route.task is Task.EDIT:
+        return {**body, "instruction": "make it night", "source_image": _png(width, height)}
+    if route.task is Task.INPAINT:
+        return {
+            **body,
+            "prompt": "a red fox",
+            "source_image": _png(width, height),
+            "mask_image": _png(width, height, mode="L", square=True),
+        }
+    raise ValueError(f"{route.path}: no sample body for task {route.task}")
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    path: str
+    status: int
+    seconds: float
+    done_at: float  # wall clock
+
+
+async def warm_up(group: str, app_: FastAPI, api_key: str | None = None) -> list[WarmUp]:
+    """One generation per route through the API in this process (no network): validation, Triton, the pipelines,
+    encoding. Raises on the first route that fails."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    results = []
+    transport = httpx.ASGITransport(app=app_)
+    # The app's lifespan opens its Triton client on this event loop and closes it after (ASGITransport runs none).
+    async with (
+        app_.router.lifespan_context(app_),
+        httpx.AsyncClient(transport=transport, base_url="http://w") as client,
+    ):
+        for route in routes_of(group):
+            t0 = time.perf_counter()
+            r = await client.post(route.path, json=sample_body(route, WARMUP_STEPS), headers=headers, timeout=None)
+            results.append(WarmUp(route.path, r.status_code, time.perf_counter() - t0, time.time()))
+            if r.status_code != 200:
+                raise RuntimeError(f"warm-up of {route.path} answered {r.status_code}: {r.text[:1000]}")
+    return results
+
+
+class GroupServer:
+    """The lifecycle every serving class shares; the generated subclasses set `group` and the web endpoint."""
+
+    group: ClassVar[str]
+
+    @modal.enter(snap=True)
+    def import_cpu_side(self) -> None:
+        """Memory snapshot: the API's imports (FastAPI, pydantic, tritonclient/gRPC, numpy, Pillow), CPU-only.
+
+        Sound because nothing here touches the GPU (there is none while a snapshot is taken), opens a socket, starts a
+        process or reads a Secret. Triton, its python-backend stubs and their CUDA contexts are separate processes
+        started after the restore; the Settings are read after it too, so rotated API keys take effect."""
+        import httpx  # noqa: F401
+        import PIL.Image  # noqa: F401
+
+        import api.app  # noqa: F401
+        import api.settings  # noqa: F401
+
+        # A restored container gets a new task id (modal's runtime updates the environment on restore).
+        self._task_at_snapshot = os.environ.get("MODAL_TASK_ID")
+
+    @modal.enter()
+    def start(self) -> None:
+        """Start Triton with this group's models, wait for it, warm every route up, measure the cold start."""
+        from api.app import create_app
+        from api.settings import Settings
+
+        task = os.environ.get("MODAL_TASK_ID")
+        restored = task != getattr(self, "_task_at_snapshot", task)
+        # The clock starts at the process's start, or at the restore: a restored process started elsewhere, earlier.
+        t0 = time.time() if restored else process_started_at()
+        group, plan, dirs = self.group, group_plan(self.group), GroupDirs(self.group)
+        spec = GROUPS[group]
+        triton = triton_server(group)
+        settings = Settings(groups=(group,), triton_grpc_url=triton.grpc_url, gpu_type=spec.gpu)
+        require_api_keys(settings)
+        if not dirs.repository.is_dir():
+            raise RuntimeError(
+                f"no model repository at {dirs.repository}: run `modal run triton_modal.py::"
+                f"{build_function_name(group)}` first"
+            )
+        if dirs.record.is_file():
+            _log(group, f"serving the build of {json.loads(dirs.record.read_text()).get('built_at')}")
+        # Every weight is on the Volume: a hub call from a pipeline would be a bug, not a download.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+        self.triton = triton.start()
+        try:
+            self.triton.wait_ready(timeout_s=spec.startup_timeout_s, models=plan.models)
+        except Exception:
+            self._print_triton_log()
+            raise
+        triton_ready_s = time.time() - t0
+        _log(group, f"Triton ready with {', '.join(plan.models)}: {triton_ready_s:.1f}s after container start")
+
+        # The warm-up runs through an API of its own, without keys (it never leaves this process) and with the
+        # startup budget as its time limit: the first generation may compile. The served app is made fresh below,
+        # so the first client's answer is the one marked `x-cold-start: true`.
+        warm_settings = Settings(
+            groups=(group,),
+            triton_grpc_url=settings.triton_grpc_url,
+            gpu_type=spec.gpu,
+            api_keys=(),
+            generation_timeout_s=float(spec.startup_timeout_s),
+        )
+        warm_app = create_app(warm_settings)
+
+        # A loop of its own, not asyncio.run: that would also unset the thread's event loop, which is Modal's.
+        loop = asyncio.new_event_loop()
+        try:
+            results = loop.run_until_complete(warm_up(group, warm_app))
+        except Exception:
+            self._print_triton_log()
+            raise
+        finally:
+            loop.close()
+        first_image_s = results[0].done_at - t0
+        for w in results:
+            _log(group, f"warm-up {w.path}: {w.status} in {w.seconds:.1f}s")
+        _log(group, f"first image {first_image_s:.1f}s after container start (restored from a snapshot: {restored})")
+
+        self.web_app = create_app(settings)
+        state = self.web_app.state.api
+        # The API's clock starts with the container: /health's uptime, and `ryla_cold_start_seconds` runs from here to
+        # the first client's answer (the one marked cold), which on a scale from zero waited for all of the above.
+        state.started = t0
+        state.record_cold_start_phase("triton_ready", triton_ready_s)
+        state.record_cold_start_phase("first_image", first_image_s)
+        compile_cache_volume.commit()  # what the warm-up compiled, for the next container
+
+    def _print_triton_log(self, lines: int = 200) -> None:
+        if TRITON_LOG.is_file():
+            print("".join(TRITON_LOG.read_text(errors="replace").splitlines(keepends=True)[-lines:]), file=sys.stderr)
+
+    @modal.exit()
+    def stop(self) -> None:
+        triton = getattr(self, "triton", None)
+        if triton is not None:
+            triton.stop()
+
+    def _web(self) -> FastAPI:
+        return self.web_app
+
+
+# ## One build function and one serving class per app group, generated from the registry
+#
+# Modal finds a class or function inside its container by the global name it had when it was decorated, so each
+# generated object gets a unique name (`__name__` and `__qualname__`) and is assigned into this module's globals before
+# Modal sees it. The container imports this module, the loop runs again and builds the same names.
+
+SERVING_CLASSES: dict[str, modal.Cls] = {}
+BUILD_FUNCTIONS: dict[str, modal.Function] = {}
+
+
+def _request_timeout_s(group: str) -> int:
+    return int(max(r.timeout_s for r in routes_of(group))) + REQUEST_MARGIN_S
+
+
+def _register_serving_class(spec: AppGroup) -> modal.Cls:
+    name = serving_class_name(spec.name)
+
+    def web(self: GroupServer) -> FastAPI:
+        return self._web()
+
+    web.__name__, web.__qualname__ = "web", f"{name}.web"
+    namespace = {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": f"Triton + the API for the {spec.name} routes: {', '.join(r.path for r in routes_of(spec.name))}.",
+        "group": spec.name,
+        "web": modal.asgi_app(label=web_label(spec.name))(web),
+    }
+    user_cls = type(name, (GroupServer,), namespace)
+    # The API's gate admits max_concurrency generations and queues max_queue (429 beyond); the autoscaler adds a
+    # container as soon as this one's generation slots are busy.
+    concurrent = modal.concurrent(
+        max_inputs=spec.max_concurrency + spec.max_queue + SERVICE_HEADROOM,
+        target_inputs=spec.max_concurrency,
+    )(user_cls)
+    cls = app.cls(
+        gpu=spec.gpu,
+        cpu=SERVE_CPU,
+        memory=SERVE_MEMORY_MIB,
+        volumes=SERVE_VOLUMES,
+        secrets=[api_keys_secret],
+        scaledown_window=spec.scaledown_window_s,
+        startup_timeout=spec.startup_timeout_s,
+        timeout=_request_timeout_s(spec.name),
+        enable_memory_snapshot=True,
+    )(concurrent)
+    globals()[name] = cls
+    return cls
+
+
+def _register_build_function(spec: AppGroup) -> modal.Function:
+    name = build_function_name(spec.name)
+    group = spec.name
+
+    def build(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+        return build_group(group, force=force, allow_unpinned=allow_unpinned)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"Download, export, build engines and lay out the model repository of the {group} group."
+    function = app.function(
+        gpu=BUILD_GPU,
+        cpu=BUILD_CPU,
+        memory=BUILD_MEMORY_MIB,
+        volumes=BUILD_VOLUMES,
+        secrets=[hf_secret],
+        timeout=BUILD_TIMEOUT_S,
+        name=name,
+    )(build)
+    globals()[name] = function
+    return function
+
+
+def _register_groups() -> None:
+    names: dict[str, str] = {}
+    for spec in served_groups():
+        for generated in (serving_class_name(spec.name), build_function_name(spec.name)):
+            if generated in names:
+                raise ValueError(f"app groups {names[generated]!r} and {spec.name!r} both map to {generated}")
+            names[generated] = spec.name
+        SERVING_CLASSES[spec.name] = _register_serving_class(spec)
+        BUILD_FUNCTIONS[spec.name] = _register_build_function(spec)
+
+
+_register_groups()
+
+# ## Smoke test against the deployed endpoint
+#
+# `modal run triton_modal.py --group qwen-image` calls every route of the group once, small and with few steps, and
+# prints what the product's client reads. The first call may wait for a cold start.
+
+
+@app.local_entrypoint()
+def smoke(group: str = "flux", size: int = 0, steps: int = SMOKE_STEPS, url: str = "") -> None:
+    import httpx
+
+    if group not in SERVING_CLASSES:
+        raise SystemExit(f"no serving class for group {group!r}; served groups: {sorted(SERVING_CLASSES)}")
+    key = os.environ.get("RYLA_API_KEY") or next(iter(os.environ.get("RYLA_API_KEYS", "").split(",")), "")
+    if not key.strip():
+        raise SystemExit("set RYLA_API_KEY to one of the deployed API keys")
+    base = url or modal.Cls.from_name(APP_NAME, serving_class_name(group))().web.get_web_url()
+    print(f"{group}: {base}")
+    headers = {"Authorization": f"Bearer {key.strip()}"}
+    budget = GROUPS[group].startup_timeout_s + _request_timeout_s(group)
+    failed = []
+    # Web endpoints answer a long request with a redirect to poll: follow it.
+    with httpx.Client(base_url=base, timeout=budget, follow_redirects=True) as client:
+        t0 = time.perf_counter()
+        health = client.get("/health")
+        print(f"GET /health: {health.status_code} in {time.perf_counter() - t0:.1f}s")
+        for route in routes_of(group):
+            body = sample_body(route, steps, size or route.limits.min_size)
+            t0 = time.perf_counter()
+            r = client.post(route.path, json=body, headers=headers)
+            h = r.headers
+            print(
+                f"POST {route.path}: {r.status_code} {h.get('content-type')} {len(r.content)} B in "
+                f"{time.perf_counter() - t0:.1f}s | x-cost-usd {h.get('x-cost-usd')} "
+                f"x-execution-time-sec {h.get('x-execution-time-sec')} x-cold-start {h.get('x-cold-start')}"
+            )
+            if r.status_code != 200:
+                print(f"  {r.text[:500]}")
+                failed.append(route.path)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
