@@ -425,7 +425,9 @@ def _build_group(group: str, force: bool) -> dict[str, Any]:
 
     dirs.root.mkdir(parents=True, exist_ok=True)
     sources = {k: CheckpointSource(r.path, r.label) for k, r in resolved.items()}
-    names = build_repository(dirs.repository, dirs.onnx, sources, profile="gpu", families=plan.families, loras=loras)
+    names = build_repository(
+        dirs.repository, dirs.onnx, sources, profile="gpu", families=plan.families, loras=loras, plans_dir=dirs.plans
+    )
     record = {
         "group": group,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -74,6 +74,7 @@ def _component(
     onnx_dir: Path,
     checkpoints: Mapping[str, CheckpointSource],
     loras: Mapping[str, Path],
+    plans_dir: Path | None = None,
 ) -> bool:
     """Lay out one component model; True when what Triton would load changed (config or a new version)."""
     model_dir = out / component.triton_model
@@ -105,10 +106,19 @@ def _component(
             params["merged_lora_file"] = str(Path(loras[component.merged_lora]).resolve())
         changed |= _write(model_dir / "config.pbtxt", component_config(component, profile, params))
         changed |= _write(version_dir / "model.py", _SHIM.format(module="model_repository.torch_component_model"))
+    elif runtime == "tensorrt":
+        # Plans built by export/tensorrt_build.py into plans_dir/<model>/1/, one per compute capability and named by
+        # TensorRT version; the config's cc_model_filenames picks the one for the GPU it runs on.
+        source_dir = (plans_dir or Path("/nonexistent")) / component.triton_model / VERSION
+        plans = sorted(source_dir.glob("*.plan")) if plans_dir else []
+        if not plans:
+            raise FileNotFoundError(f"{component.triton_model}: no TensorRT plan in {source_dir}: build the engines")
+        changed |= _write(model_dir / "config.pbtxt", component_config(component, profile))
+        version_dir.mkdir(parents=True, exist_ok=True)
+        for plan in plans:
+            changed |= _place(plan, version_dir / plan.name)
     else:
-        raise NotImplementedError(
-            f"{component.triton_model}: no layout yet for runtime {runtime!r} (TensorRT: issue 6)"
-        )
+        raise NotImplementedError(f"{component.triton_model}: no layout for runtime {runtime!r}")
     return changed
 
 
@@ -120,17 +130,19 @@ def build_repository(
     families: Iterable[str] | None = None,
     loras: Mapping[str, Path] | None = None,
     changed: set[str] | None = None,
+    plans_dir: Path | None = None,
 ) -> list[str]:
     """Write every model of `families` into `out`; returns the model names written. `loras`: registry LoRA key ->
     its .safetensors file, for components that merge one (the torch runtime merges at load). `changed` collects the
-    models whose config or artifact changed, which a running Triton must reload (stack/update.py)."""
+    models whose config or artifact changed, which a running Triton must reload (stack/update.py). `plans_dir`: where
+    export/tensorrt_build.py wrote the plans of components whose runtime is "tensorrt" on this profile."""
     changed = set() if changed is None else changed
     names: list[str] = []
     for family in (FAMILIES[f] for f in (families or FAMILIES)):
         for component in family.components:
             if not any(k in checkpoints for k in component.checkpoints):
                 continue  # serves only checkpoints that were resolved (a benchmark may build one)
-            if _component(out, component, profile, onnx_dir, checkpoints, loras or {}):
+            if _component(out, component, profile, onnx_dir, checkpoints, loras or {}, plans_dir):
                 changed.add(component.triton_model)
             names.append(component.triton_model)
 

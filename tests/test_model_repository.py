@@ -136,3 +136,35 @@ def test_registry_accelerations_are_known_to_the_torch_runtime() -> None:
             assert how.fp8 == (component.precision == "fp8")
     with pytest.raises(ValueError, match="unknown accelerations"):
         Acceleration.of({"tensorrt_magic"}, "bf16")
+
+
+def test_tensorrt_components_get_their_plans_laid_out(stack_dirs, tmp_path: Path) -> None:
+    """A component the registry runs as TensorRT on the GPU gets the plans the engine builder wrote, one per compute
+    capability, under the names its config's cc_model_filenames gives; without plans the layout refuses."""
+    import registry.catalog as catalog
+    from checkpoints import resolve
+    from model_repository import config
+    from model_repository.layout import CheckpointSource, build_repository
+
+    flux = FAMILIES["flux"]
+    vae = next(c for c in flux.components if c.role == "vae")
+    trt_vae = dataclasses.replace(vae, backends=(("cpu", "onnxruntime"), ("gpu", "tensorrt")))
+    family = dataclasses.replace(flux, components=tuple(trt_vae if c is vae else c for c in flux.components))
+    r = resolve("flux-schnell", "tiny", stack_dirs.checkpoints)
+    sources = {"flux-schnell": CheckpointSource(r.path, r.label)}
+    plans = tmp_path / "plans"
+    original = catalog.FAMILIES["flux"]
+    catalog.FAMILIES["flux"] = family
+    try:
+        with pytest.raises(FileNotFoundError, match="no TensorRT plan"):
+            build_repository(tmp_path / "repo", stack_dirs.onnx, sources, "gpu", ["flux"], plans_dir=plans)
+        for name in config.PLAN_FILES.values():
+            (plans / vae.triton_model / "1").mkdir(parents=True, exist_ok=True)
+            (plans / vae.triton_model / "1" / name).write_bytes(b"plan bytes")
+        build_repository(tmp_path / "repo", stack_dirs.onnx, sources, "gpu", ["flux"], plans_dir=plans)
+    finally:
+        catalog.FAMILIES["flux"] = original
+    model = tmp_path / "repo" / vae.triton_model
+    assert 'platform: "tensorrt_plan"' in (model / "config.pbtxt").read_text()
+    for name in config.PLAN_FILES.values():
+        assert (model / "1" / name).read_bytes() == b"plan bytes"
