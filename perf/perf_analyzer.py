@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from registry import PIPELINE_INPUTS, ROUTES, Component, component_of, family_of, pipeline_model_of
+from registry import PIPELINE_INPUTS, ROUTES, Component, Task, component_of, pipeline_model_of
 from stack.triton_server import pytriton_dir
 
 _SONAMES = {"libb64-": "libb64.so.0d", "libcudart-": "libcudart.so.12"}
@@ -48,6 +48,8 @@ def request_values(route: str, **overrides: object) -> dict[str, object]:
     """One request to the route's pipeline model, by input name: the route's defaults from the registry, a fixed
     prompt and seed, and `overrides` (lower-case input names)."""
     r = ROUTES[route]
+    if r.task is not Task.TEXT_TO_IMAGE:
+        raise ValueError(f"{route}: perf_analyzer configs cover text-to-image routes; {r.task} requests carry images")
     values: dict[str, object] = {
         "CHECKPOINT": r.checkpoint,
         "PROMPT": "a lighthouse on a cliff at dawn",
@@ -66,7 +68,7 @@ def request_values(route: str, **overrides: object) -> dict[str, object]:
 def input_data(route: str, **overrides: object) -> dict:
     """perf_analyzer's --input-data JSON for one request to the route's pipeline model."""
     values = request_values(route, **overrides)
-    task = family_of(ROUTES[route].checkpoint).task
+    task = ROUTES[route].task
 
     def tensor(value: object) -> dict:
         if isinstance(value, str):  # text: UTF-8 bytes in a UINT8 tensor (registry.PIPELINE_INPUTS)

@@ -35,7 +35,7 @@ class Served:
 def _request(route: str, width: int, height: int) -> dict:
     """The benchmark's request (its prompt and seed, so the image compares with the eager one), route defaults."""
     values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height)
-    task = family_of(ROUTES[route].checkpoint).task
+    task = ROUTES[route].task
     # text as bytes: triton_http sends it as UTF-8 in a UINT8 tensor
     return {s.name: (s.dtype, v.encode() if isinstance(v := values[s.name], str) else v) for s in PIPELINE_INPUTS[task]}
 
