@@ -55,7 +55,10 @@ def _perturb_transformer(checkpoint: Path) -> None:
     save_file(weights, path, metadata={"format": "pt"})
 
 
-def test_checkpoint_update_reloads_only_the_changed_component_without_losing_requests(stack_dirs, tmp_path) -> None:
+def test_checkpoint_update_reloads_only_the_changed_component_without_losing_requests(
+    stack_dirs, model_repository, tmp_path
+) -> None:
+    # model_repository: the session's build, whose exported components this test starts from
     dirs = BuildDirs(tmp_path / "build")
     checkpoint = tmp_path / "flux-schnell"
     shutil.copytree(resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path, checkpoint)
@@ -107,7 +110,7 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
     assert after.status_code == 200 and after.content != before.content
 
 
-def test_nothing_changed_reloads_nothing(stack_dirs, tmp_path) -> None:
+def test_nothing_changed_reloads_nothing(stack_dirs, model_repository, tmp_path) -> None:
     dirs = BuildDirs(tmp_path / "build")
     shutil.copytree(stack_dirs.onnx, dirs.onnx, copy_function=_link_or_copy)
     checkpoint = resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path
