@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +45,8 @@ MODEL_VERSION = "1"  # the Triton model version folder plans go in (config.pbtxt
 # last_run values
 BUILT, UNCHANGED = "built", "unchanged"
 
-# --- Profile caps the registry cannot express yet --------------------------------------------------------------------
-# STOPGAP, to move into the registry (proposed: `Component.profile_dims: tuple[Dim, ...] = ()`, per-component ranges
-# that replace the family's in that component's engine profile; `component_dims` already honours such a field).
-# design.md: "a FLUX VAE profile above 1344 px failed to build (give the VAE its own profile)". Triton model ->
-# the largest image side, in pixels, its profile covers; latent dims scale by VAE_SCALE.
-VAE_PROFILE_MAX_PIXELS: dict[str, int] = {"flux_vae_decoder": 1344}
-# --------------------------------------------------------------------------------------------------------------------
-
 VAE_SCALE = 8  # pixels per latent cell in the FLUX and Qwen-Image VAEs (the pipelines' vae_scale_factor)
 PATCH = 2  # latent cells per transformer token side: FLUX and Qwen-Image pack 2x2 latent patches into one token
-_PIXELS_PER_UNIT = {"height": 1, "width": 1, "latent_height": VAE_SCALE, "latent_width": VAE_SCALE}
 
 # ONNX element types of FP8 tensors (onnx.TensorProto.FLOAT8*).
 _FP8_TYPES = {
@@ -77,17 +68,10 @@ class BuildError(RuntimeError):
 
 
 def component_dims(component: Component, family: Family) -> dict[str, Dim]:
-    """The Dim ranges `component`'s engine profile covers: the family's, narrowed by VAE_PROFILE_MAX_PIXELS, and
-    replaced by a registry `profile_dims` field on the component once that exists."""
+    """The Dim ranges `component`'s engine profile covers: the family's, replaced by the component's own
+    `profile_dims` (registry) where it has them (the FLUX VAE: at most 1344 px)."""
     dims = {d.name: d for d in family.dims}
-    cap = VAE_PROFILE_MAX_PIXELS.get(component.triton_model)
-    if cap is not None:
-        for name, per_unit in _PIXELS_PER_UNIT.items():
-            if name in dims:
-                d = dims[name]
-                top = min(d.max, cap // per_unit)
-                dims[name] = replace(d, opt=min(d.opt, top), max=top)
-    for d in getattr(component, "profile_dims", ()):  # the proposed registry field wins over the stopgap above
+    for d in component.profile_dims:
         dims[d.name] = d
     for d in dims.values():
         if not d.min <= d.opt <= d.max:

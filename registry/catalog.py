@@ -86,6 +86,13 @@ FLUX = Family(
             checkpoints=_FLUX_BOTH,
             inputs=(TensorSpec("latent", "FP32", ("batch", -1, "latent_height", "latent_width")),),
             outputs=(TensorSpec("sample", "FP32", ("batch", 3, "height", "width")),),
+            # design.md: a FLUX VAE plan over 1344 px failed to build in the anchors; its own, narrower profile.
+            profile_dims=(
+                Dim("latent_height", 256 // 8, 1024 // 8, 1344 // 8),
+                Dim("latent_width", 256 // 8, 1024 // 8, 1344 // 8),
+                Dim("height", 256, 1024, 1344),
+                Dim("width", 256, 1024, 1344),
+            ),
         ),
     ),
 )

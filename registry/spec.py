@@ -101,6 +101,9 @@ class Component:
     accelerations: tuple[str, ...] = ()
     # A registry Lora merged into the weights at build time: its own component, no LoRA cost per step.
     merged_lora: str | None = None
+    # Engine-profile ranges that replace the family's for this component (TensorRT): e.g. a VAE whose plan cannot be
+    # built over the family's whole image range.
+    profile_dims: tuple[Dim, ...] = ()
 
     def backend(self, profile: str) -> str:
         return dict(self.backends)[profile]

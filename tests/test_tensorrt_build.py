@@ -82,7 +82,8 @@ def test_vae_gets_its_own_capped_profile(model_repository: Path, stack_dirs: Bui
     flux = FAMILIES["flux"]
     vae = next(c for c in flux.components if c.triton_model == "flux_vae_decoder")
     lo, opt, hi = tb.input_profiles(vae, flux, _onnx(stack_dirs, vae))["latent"]
-    cap = tb.VAE_PROFILE_MAX_PIXELS["flux_vae_decoder"] // tb.VAE_SCALE
+    cap = vae.profile_dims[0].max  # the registry's own VAE profile (1344 px = 168 latent cells)
+    assert cap == 1344 // tb.VAE_SCALE
     assert hi[2:] == (cap, cap) and lo[2:] == (32, 32) and opt[2:] == (128, 128)
     assert tb.narrower_than_family(vae, flux) == {"latent_height": (cap, 256), "latent_width": (cap, 256)}
     # The transformer keeps the family's full range, and Qwen's VAE is not capped.
@@ -90,16 +91,10 @@ def test_vae_gets_its_own_capped_profile(model_repository: Path, stack_dirs: Bui
     assert tb.narrower_than_family(transformer, flux) == {}
     qwen = FAMILIES["qwen-image"]
     assert all(tb.narrower_than_family(c, qwen) == {} for c in qwen.components)
-
-    # The proposed registry field (Component.profile_dims) replaces the stopgap constant once it exists.
-    @dataclasses.dataclass(frozen=True)
-    class WithProfileDims(Component):
-        profile_dims: tuple[Dim, ...] = ()
-
-    fields = {f.name: getattr(vae, f.name) for f in dataclasses.fields(Component)}
-    narrowed = WithProfileDims(**fields, profile_dims=(Dim("latent_height", 32, 64, 96),))
+    # Another registry profile changes the plan's profile.
+    narrowed = dataclasses.replace(vae, profile_dims=(Dim("latent_height", 32, 64, 96),))
     lo, opt, hi = tb.input_profiles(narrowed, flux, _onnx(stack_dirs, vae))["latent"]
-    assert (lo[2], opt[2], hi[2]) == (32, 64, 96) and hi[3] == cap
+    assert (lo[2], opt[2], hi[2]) == (32, 64, 96) and hi[3] == 256
 
 
 def test_profile_errors_name_what_is_wrong(model_repository: Path, stack_dirs: BuildDirs) -> None:
@@ -334,8 +329,20 @@ def _apply_change(change: str, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch) 
         _edit_export_entry(onnx_dir, "sha256", "0" * 64)
     elif change == "export_key":  # same graph bytes, new weights beside it: the export key moves, the hash need not
         _edit_export_entry(onnx_dir, "key", "1" * 64)
-    elif change == "profile":
-        monkeypatch.setitem(tb.VAE_PROFILE_MAX_PIXELS, VAE, 1024)
+    elif change == "profile":  # the registry narrows the VAE's profile
+        flux = FAMILIES["flux"]
+        vae = next(c for c in flux.components if c.triton_model == VAE)
+        narrower = dataclasses.replace(
+            vae,
+            profile_dims=(
+                Dim("latent_height", 32, 128, 128),
+                Dim("latent_width", 32, 128, 128),
+                Dim("height", 256, 1024, 1024),
+                Dim("width", 256, 1024, 1024),
+            ),
+        )
+        components = tuple(narrower if c is vae else c for c in flux.components)
+        monkeypatch.setitem(FAMILIES, "flux", dataclasses.replace(flux, components=components))
     return {
         "precision": {"precisions": {VAE: "fp32"}},
         "trt_version": {"trt_version": "10.10.0"},
