@@ -19,34 +19,31 @@ Shape = Mapping[str, int]  # symbolic dim name -> size
 INITIALIZER_PREFIX = "model."
 
 
-class ClipPooled(torch.nn.Module):
-    """CLIP text model -> pooler_output (the end-token state FluxPipeline reads as pooled_prompt_embeds)."""
+class Wrapped(torch.nn.Module):
+    """An adapter's module: the diffusers/transformers module at `.model`, so ONNX initializer names are the torch
+    parameter names prefixed INITIALIZER_PREFIX."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+
+
+class ClipPooled(Wrapped):
+    """CLIP text model -> pooler_output (the end-token state FluxPipeline reads as pooled_prompt_embeds)."""
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, output_hidden_states=False).pooler_output
 
 
-class T5Hidden(torch.nn.Module):
+class T5Hidden(Wrapped):
     """T5 encoder -> last hidden state (FluxPipeline's prompt_embeds; it passes no attention mask)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, output_hidden_states=False)[0]
 
 
-class FluxTransformer(torch.nn.Module):
+class FluxTransformer(Wrapped):
     """FLUX-schnell's inputs, as FluxPipeline passes them: 2-D img_ids/txt_ids, timestep already divided by 1000."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def run(
         self,
@@ -97,18 +94,14 @@ class FluxGuidedTransformer(FluxTransformer):
         return self.run(hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance)
 
 
-class VaeDecoder(torch.nn.Module):
+class VaeDecoder(Wrapped):
     """Decodes a raw latent: the pipeline has already undone the VAE's scaling and shift before vae.decode."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.model.decode(latent, return_dict=False)[0]
 
 
-class QwenTransformer(torch.nn.Module):
+class QwenTransformer(Wrapped):
     """Qwen-Image's transformer on tensors only: the rotary tables come in as cos/sin inputs (export/qwen_rope.py)
     instead of being computed from the pipeline's Python `img_shapes`; the stock forward runs otherwise.
 
@@ -116,11 +109,10 @@ class QwenTransformer(torch.nn.Module):
     ones where the pipeline passes None)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
         from .qwen_rope import use_given_tensors
 
         use_given_tensors(model)  # model.pos_embed now hands the stock forward the given tensors
-        self.model = model
+        super().__init__(model)
 
     def run(
         self,
@@ -197,14 +189,10 @@ class QwenVaeDecoder(VaeDecoder):
     fixed at trace time, so height and width stay dynamic."""
 
 
-class QwenVaeEncoder(torch.nn.Module):
+class QwenVaeEncoder(Wrapped):
     """One frame: sample (batch, 3, 1, H, W) in [-1, 1] -> moments (batch, 2*z_dim, 1, H/8, W/8), the tensor the
     stock encode wraps in DiagonalGaussianDistribution (mean, then log-variance), so the serving side samples or
     takes the mode with its own generator exactly as the pipeline does."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         return self.model.encode(sample, return_dict=False)[0].parameters
@@ -287,15 +275,11 @@ def _t5_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
     return (_token_ids(s["batch"], s["t5_tokens"], c.vocab_size, None, c.eos_token_id, c.pad_token_id),)
 
 
-class QwenVlHidden(torch.nn.Module):
+class QwenVlHidden(Wrapped):
     """Qwen2.5-VL as the Qwen-Image text encoder: the last hidden state (after the final norm), which the pipelines
     read as `outputs.hidden_states[-1]`; with pixel_values/image_grid_thw for edit prompts that show the images.
 
     Runs in torch on every profile (registry), so it has no ONNX export; the torch runtime loads it from here."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(
         self,

@@ -9,7 +9,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-EXPORTER_VERSION = 2  # bump when our adapters or export steps change what an export produces
+EXPORTER_VERSION = 3  # bump when our adapters or export steps change what an export produces
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "diffusers", "transformers")
 
