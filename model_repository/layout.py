@@ -53,11 +53,11 @@ def _write(path: Path, text: str) -> bool:
     return True
 
 
-def _export_version(onnx_dir: Path, triton_model: str) -> int:
-    """The version export/ gave the component's current artifact (1 for a manifest without versions)."""
+def _export_versions(onnx_dir: Path) -> dict[str, int]:
+    """triton model -> the version export/ gave its current artifact (1 for a manifest entry without one)."""
     manifest = onnx_dir / "manifest.json"
     models = json.loads(manifest.read_text()).get("models", {}) if manifest.exists() else {}
-    return int(models.get(triton_model, {}).get("version", 1))
+    return {name: int(entry.get("version", 1)) for name, entry in models.items()}
 
 
 def _prune(model_dir: Path, keep: set[str]) -> None:
@@ -74,6 +74,7 @@ def _component(
     onnx_dir: Path,
     checkpoints: Mapping[str, CheckpointSource],
     loras: Mapping[str, Path],
+    export_versions: Mapping[str, int],
     plans_dir: Path | None = None,
 ) -> bool:
     """Lay out one component model; True when what Triton would load changed (config or a new version)."""
@@ -85,7 +86,7 @@ def _component(
         artifact_dir = onnx_dir / component.triton_model
         if not (artifact_dir / "model.onnx").exists():
             raise FileNotFoundError(f"{artifact_dir / 'model.onnx'} missing: run `python -m export` first")
-        version = _export_version(onnx_dir, component.triton_model)
+        version = export_versions.get(component.triton_model, 1)
         version_dir = model_dir / str(version)
         changed |= _write(model_dir / "config.pbtxt", component_config(component, profile))
         changed |= not version_dir.exists()
@@ -109,8 +110,8 @@ def _component(
     elif runtime == "tensorrt":
         # Plans built by export/tensorrt_build.py into plans_dir/<model>/1/, one per compute capability and named by
         # TensorRT version; the config's cc_model_filenames picks the one for the GPU it runs on.
-        source_dir = (plans_dir or Path("/nonexistent")) / component.triton_model / VERSION
-        plans = sorted(source_dir.glob("*.plan")) if plans_dir else []
+        source_dir = None if plans_dir is None else plans_dir / component.triton_model / VERSION
+        plans = [] if source_dir is None else sorted(source_dir.glob("*.plan"))
         if not plans:
             raise FileNotFoundError(f"{component.triton_model}: no TensorRT plan in {source_dir}: build the engines")
         changed |= _write(model_dir / "config.pbtxt", component_config(component, profile))
@@ -137,12 +138,13 @@ def build_repository(
     models whose config or artifact changed, which a running Triton must reload (stack/update.py). `plans_dir`: where
     export/tensorrt_build.py wrote the plans of components whose runtime is "tensorrt" on this profile."""
     changed = set() if changed is None else changed
+    export_versions = _export_versions(onnx_dir)
     names: list[str] = []
     for family in (FAMILIES[f] for f in (families or FAMILIES)):
         for component in family.components:
             if not any(k in checkpoints for k in component.checkpoints):
                 continue  # serves only checkpoints that were resolved (a benchmark may build one)
-            if _component(out, component, profile, onnx_dir, checkpoints, loras or {}, plans_dir):
+            if _component(out, component, profile, onnx_dir, checkpoints, loras or {}, export_versions, plans_dir):
                 changed.add(component.triton_model)
             names.append(component.triton_model)
 

@@ -146,7 +146,6 @@ class QwenTransformerProxy(ComponentProxy):
         self._last_cond: tuple[torch.Tensor, torch.Tensor | None] | None = None  # embeds, mask of the last cond call
         self._pair: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None  # cond, uncond, uncond mask
         self._kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self.batched_calls = 0  # steps whose two CFG passes went as one request
 
     @contextlib.contextmanager
     def cache_context(self, name: str) -> Iterator[None]:
@@ -199,7 +198,6 @@ class QwenTransformerProxy(ComponentProxy):
                 )
                 half = hidden_states.shape[0]
                 self._kept = (hidden_states, uncond, timestep, both[half:])
-                self.batched_calls += 1
                 return (both[:half],)
         return (self._run(hidden_states, encoder_hidden_states, encoder_hidden_states_mask, timestep, img_shapes),)
 

@@ -18,16 +18,13 @@ from api.app import create_app
 from api.settings import Settings
 from registry import ROUTES
 
+from .requests_valid import IMAGE, valid_body
 from .stack_fixtures import free_port
 from .test_api_media import encode, png_header
 
 EDIT, INPAINT = "/qwen-image-edit-2511", "/qwen-image-inpaint-2511"
-PNG = base64.b64encode(encode("PNG", size=(64, 48))).decode()
-MASK = base64.b64encode(encode("PNG", mode="L", size=(64, 48))).decode()
-GOOD = {
-    EDIT: {"instruction": "make the sky purple", "source_image": PNG},
-    INPAINT: {"prompt": "a red door", "source_image": PNG, "mask_image": MASK},
-}
+PNG = IMAGE  # 64 x 48, the size of requests_valid's mask
+GOOD = {path: valid_body(path) for path in (EDIT, INPAINT)}
 
 
 @pytest.fixture(scope="module")
