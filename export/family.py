@@ -41,6 +41,15 @@ def source_hash(component: Component, checkpoint_dirs: Mapping[str, Path]) -> st
     return next(iter(hashes.values()))
 
 
+# Registry fields that shape other artifacts, not the FP32 graph: the FP8 layer choice keys the Q/DQ graph
+# (export/fp8_qdq.py) instead, so changing it does not re-export the ONNX and bump the served model version.
+_NOT_IN_EXPORT_KEY = ("fp8_layers",)
+
+
+def _export_fields(component: Component) -> dict:
+    return {k: v for k, v in asdict(component).items() if k not in _NOT_IN_EXPORT_KEY}
+
+
 def _dims_used(component: Component, family: Family) -> dict[str, dict[str, int]]:
     names = {d for spec in (*component.inputs, *component.outputs) for d in spec.dims if isinstance(d, str)}
     return {d.name: {"min": d.min, "opt": d.opt, "max": d.max} for d in family.dims if d.name in names}
@@ -129,7 +138,7 @@ def export_family(
             content = f"{content}+lora:{lora_hash(lora_file)}"
         key = mf.artifact_key(
             content=content,
-            component=asdict(component),
+            component=_export_fields(component),
             dims=_dims_used(component, fam),
             options=OPTIONS,
             versions=versions,

@@ -17,27 +17,14 @@ from pathlib import Path
 import torch
 
 E4M3_MAX = 448.0
-# Large matmuls of FLUX's double and single blocks; the adaLN modulation (M = batch) and the embedders stay BF16.
-FLUX_FP8_LAYERS = re.compile(
-    r"^(transformer_blocks|single_transformer_blocks)\.\d+\."
-    r"(attn\.(to_q|to_k|to_v|to_qkv|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_added_qkv|to_add_out)"
-    r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)$"
-)
-
-# Qwen-Image's blocks: attention projections of both streams and both MLPs (720 linears at full size).
-QWEN_FP8_LAYERS = re.compile(
-    r"^transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-    r"|img_mlp\.net\.(0\.proj|2)|txt_mlp\.net\.(0\.proj|2))$"
-)
-# Transformer class -> the linears FP8 applies to (measured per model: PSNR vs BF16 in perf/results/h100).
-FP8_LAYERS = {"FluxTransformer2DModel": FLUX_FP8_LAYERS, "QwenImageTransformer2DModel": QWEN_FP8_LAYERS}
 
 
 @dataclass(frozen=True)
 class Acceleration:
     fuse_qkv: bool = True
     attention_backend: str | None = None  # diffusers backend name, e.g. "_native_cudnn"; None keeps SDPA's choice
-    fp8: bool = False
+    # The linears to run in FP8 (registry Component.fp8_layers, a full-match regex over named_modules); None: BF16.
+    fp8_layers: str | None = None
     compile: bool = True
     compile_mode: str | None = None  # torch.compile mode; None is inductor's default (no autotuning)
     # CUDA graphs (torch.compile's "reduce-overhead" mode, one graph per input shape): one launch per step instead of
@@ -47,15 +34,21 @@ class Acceleration:
     # the forward around them stays eager, so the served module's per-call tensors (rotary tables) pass freely.
     compile_blocks: bool = False
 
+    @property
+    def fp8(self) -> bool:
+        return self.fp8_layers is not None
+
     @classmethod
-    def of(cls, accelerations: set[str], precision: str) -> Acceleration:
-        """The speed-ups the registry names for a component (Component.accelerations, Component.precision)."""
+    def of(cls, accelerations: set[str], precision: str, fp8_layers: str | None = None) -> Acceleration:
+        """The speed-ups the registry names for a component (Component.accelerations, .precision, .fp8_layers)."""
         unknown = accelerations - set(ACCELERATIONS)
         if unknown:
             raise ValueError(f"unknown accelerations {sorted(unknown)}; known: {ACCELERATIONS}")
+        if precision == "fp8" and not fp8_layers:
+            raise ValueError("precision 'fp8' needs fp8_layers (registry Component.fp8_layers)")
         return cls(
             fuse_qkv="fuse_qkv" in accelerations,
-            fp8=precision == "fp8",
+            fp8_layers=fp8_layers if precision == "fp8" else None,
             compile="compile" in accelerations or "cuda_graphs" in accelerations,
             cuda_graphs="cuda_graphs" in accelerations,
             compile_blocks="compile_blocks" in accelerations,
@@ -110,13 +103,15 @@ def _in_use(module: torch.nn.Module, name: str) -> bool:
     return leaf not in (_SEPARATE_QKV if fused else _FUSED_QKV)
 
 
-def fp8_layer_names(module: torch.nn.Module, pattern: re.Pattern = FLUX_FP8_LAYERS) -> list[str]:
-    """The linears to run in FP8: those the pattern names, in use, whose sizes FP8 GEMMs take (multiples of 16)."""
+def fp8_layer_names(module: torch.nn.Module, pattern: str) -> list[str]:
+    """The linears to run in FP8: those the pattern (registry Component.fp8_layers) fully matches, in use, whose sizes
+    FP8 GEMMs take (multiples of 16). The TensorRT Q/DQ graph (export/fp8_qdq.py) uses the same rule."""
+    regex = re.compile(pattern)
     return [
         name
         for name, child in module.named_modules()
         if isinstance(child, torch.nn.Linear)
-        and pattern.match(name)
+        and regex.fullmatch(name)
         and _in_use(module, name)
         and child.in_features % 16 == 0
         and child.out_features % 16 == 0
@@ -148,7 +143,7 @@ def accelerate(module: torch.nn.Module, how: Acceleration, log: Callable[[str], 
         module.set_attention_backend(how.attention_backend)
         log(f"attention backend {how.attention_backend}")
     if how.fp8:
-        count = swap_fp8_linears(module, fp8_layer_names(module, FP8_LAYERS[type(module).__name__]))
+        count = swap_fp8_linears(module, fp8_layer_names(module, how.fp8_layers))
         log(f"{count} linears in FP8 (row-wise scaled)")
     if how.compile_blocks:
         names = set(getattr(module, "_repeated_blocks", ()))

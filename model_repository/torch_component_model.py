@@ -41,7 +41,8 @@ class TritonPythonModel:
                 Path(params.get("compile_cache", os.environ.get("RYLA_COMPILE_CACHE", "/tmp/ryla-inductor")))
             )
             self.module = module.to(self.device, torch.bfloat16).eval()
-            how = Acceleration.of(set(filter(None, params.get("accelerations", "").split(","))), params["precision"])
+            accelerations = set(filter(None, params.get("accelerations", "").split(",")))
+            how = Acceleration.of(accelerations, params["precision"], self.component.fp8_layers)
             self.cuda_graphs = how.cuda_graphs
             # The adapters wrap the diffusers/transformers module as `.model`; the speed-ups apply to that module.
             accelerate(self.module.model, how, log=lambda m: pb_utils.Logger.log_info(f"{args['model_name']}: {m}"))

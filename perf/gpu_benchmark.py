@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from model_repository.accelerate import Acceleration, accelerate, enable_compile_cache
-from registry import CHECKPOINTS, ROUTES, Guidance
+from registry import CHECKPOINTS, ROUTES, Guidance, component_of
 
 from .metrics import cost_usd, mfu, psnr
 from .served import PROMPT, SEED, run_served
@@ -92,12 +92,15 @@ def _facts(model: str) -> tuple[int, bool, int, float]:
 
 
 MODELS = {model: _facts(model) for model in ("dev", "schnell")}
+FP8_LAYERS = component_of("flux_dev_transformer")[1].fp8_layers  # the registry's choice, as served
 VARIANTS: dict[str, Acceleration | None] = {
     "eager": None,  # plain diffusers, the baseline
     "compile": Acceleration(fuse_qkv=True, compile=True),
-    "compile_fp8": Acceleration(fuse_qkv=True, fp8=True, compile=True),
-    "compile_fp8_cudnn": Acceleration(fuse_qkv=True, fp8=True, compile=True, attention_backend="_native_cudnn"),
-    "compile_fp8_cudagraphs": Acceleration(fuse_qkv=True, fp8=True, compile=True, cuda_graphs=True),
+    "compile_fp8": Acceleration(fuse_qkv=True, fp8_layers=FP8_LAYERS, compile=True),
+    "compile_fp8_cudnn": Acceleration(
+        fuse_qkv=True, fp8_layers=FP8_LAYERS, compile=True, attention_backend="_native_cudnn"
+    ),
+    "compile_fp8_cudagraphs": Acceleration(fuse_qkv=True, fp8_layers=FP8_LAYERS, compile=True, cuda_graphs=True),
 }
 
 

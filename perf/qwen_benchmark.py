@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     served_args += [step_inputs["encoder_hidden_states_mask"], step_inputs["timestep"], *rope]
                 if variant == "ours_fp8_compile":  # what the registry's GPU profile applies (accelerate.py)
                     _, component = component_of("qwen_image_transformer")
-                    how = Acceleration.of(set(component.accelerations), component.precision)
+                    how = Acceleration.of(set(component.accelerations), component.precision, component.fp8_layers)
                     accelerate(stock, how, log=log)
                 step = functools.partial(served, *served_args)
             with torch.no_grad():

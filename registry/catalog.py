@@ -19,6 +19,20 @@ from .spec import (
 # -1 in a shape is a size fixed by the checkpoint's config (hidden widths), not a range to profile.
 _FLUX_BOTH = ("flux-dev", "flux-schnell")
 
+# Component.fp8_layers, measured per model (PSNR vs BF16 in perf/results/h100).
+# FLUX: the large matmuls of the double and single blocks (separate or fused QKV, whichever is in use); the adaLN
+# modulation (M = batch), the embedders and the final projection stay BF16.
+FLUX_FP8_LAYERS = (
+    r"(transformer_blocks|single_transformer_blocks)\.\d+\."
+    r"(attn\.(to_q|to_k|to_v|to_qkv|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_added_qkv|to_add_out)"
+    r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out)"
+)
+# Qwen-Image: each block's attention projections of both streams and both MLPs (720 linears at full size).
+QWEN_FP8_LAYERS = (
+    r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|img_mlp\.net\.(0\.proj|2)|txt_mlp\.net\.(0\.proj|2))"
+)
+
 FLUX = Family(
     name="flux",
     pipeline_class="FluxPipeline",
@@ -74,6 +88,7 @@ FLUX = Family(
                 # Measured on one H100 at 1024² (perf/results/h100): 183 ms/step eager, 132 compiled, 100 with FP8,
                 # image PSNR vs eager BF16 39.3 dB either way; CUDA graphs remove the launch time a served step exposes.
                 precision="fp8",
+                fp8_layers=FLUX_FP8_LAYERS,
                 accelerations=("fuse_qkv", "compile", "cuda_graphs"),
             )
             for variant in ("schnell", "dev")
@@ -149,6 +164,7 @@ def _qwen_transformer(triton_model: str, checkpoints: tuple[str, ...], zero_cond
         # Measured on one H100 at 1328² (perf/results/h100/qwen_image_*): 349 ms/step eager, 202 with FP8 linears and
         # compiled blocks, image PSNR vs eager BF16 50 dB.
         precision="fp8",
+        fp8_layers=QWEN_FP8_LAYERS,
         accelerations=("compile_blocks",),
         **kw,  # type: ignore[arg-type]
     )

@@ -6,6 +6,7 @@ all read these, so each fact about a route or a model lives here once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -104,6 +105,17 @@ class Component:
     # Engine-profile ranges that replace the family's for this component (TensorRT): e.g. a VAE whose plan cannot be
     # built over the family's whole image range.
     profile_dims: tuple[Dim, ...] = ()
+    # The linears that run in FP8 when precision is "fp8": a regular expression, full match, over the names of the
+    # diffusers module's named_modules() ("transformer_blocks.0.attn.to_q"; no adapter prefix). One choice for every
+    # runtime: the torch GPU path (model_repository/accelerate.py) and the TensorRT Q/DQ graph (export/fp8_qdq.py)
+    # both read it, then keep only Linears in use whose in/out features are multiples of 16 (FP8 GEMM sizes).
+    fp8_layers: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision == "fp8" and not self.fp8_layers:
+            raise ValueError(f"{self.triton_model}: precision 'fp8' needs fp8_layers (which linears run in FP8)")
+        if self.fp8_layers is not None:
+            re.compile(self.fp8_layers)  # a typo fails at import, not in a GPU build
 
     def backend(self, profile: str) -> str:
         return dict(self.backends)[profile]

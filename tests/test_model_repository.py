@@ -130,12 +130,16 @@ def test_registry_accelerations_are_known_to_the_torch_runtime() -> None:
 
     for family in FAMILIES.values():
         for component in family.components:
-            how = Acceleration.of(set(component.accelerations), component.precision)
+            how = Acceleration.of(set(component.accelerations), component.precision, component.fp8_layers)
             # CUDA graphs are a torch.compile mode: naming them compiles the module.
             assert how.compile == bool({"compile", "cuda_graphs"} & set(component.accelerations))
             assert how.fp8 == (component.precision == "fp8")
+            # The FP8 layer choice is the registry's, one for the torch path and the TensorRT Q/DQ graph.
+            assert how.fp8_layers == (component.fp8_layers if how.fp8 else None)
     with pytest.raises(ValueError, match="unknown accelerations"):
         Acceleration.of({"tensorrt_magic"}, "bf16")
+    with pytest.raises(ValueError, match="needs fp8_layers"):
+        Acceleration.of(set(), "fp8")
 
 
 def test_tensorrt_components_get_their_plans_laid_out(stack_dirs, tmp_path: Path) -> None:

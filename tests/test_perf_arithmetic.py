@@ -13,6 +13,7 @@ from diffusers import FluxTransformer2DModel
 from model_repository.accelerate import Fp8Linear, fp8_layer_names
 from perf import gpu_benchmark
 from perf.metrics import cost_usd, mfu, psnr, speedup
+from registry import component_of
 
 
 def test_mfu_and_cost() -> None:
@@ -40,11 +41,12 @@ def test_fp8_layers_are_the_block_matmuls_in_use(stack_dirs) -> None:
 
     path = resolve("flux-dev", "tiny", stack_dirs.checkpoints).path / "transformer"
     model = FluxTransformer2DModel.from_pretrained(path)
-    names = fp8_layer_names(model)
+    pattern = component_of("flux_dev_transformer")[1].fp8_layers
+    names = fp8_layer_names(model, pattern)
     assert "transformer_blocks.0.ff.net.2" in names and "single_transformer_blocks.0.proj_out" in names
     assert not any("norm" in n or "embed" in n or n == "proj_out" for n in names)  # sensitive layers stay BF16
     model.fuse_qkv_projections()
-    fused = fp8_layer_names(model)
+    fused = fp8_layer_names(model, pattern)
     assert "transformer_blocks.0.attn.to_qkv" in fused and "transformer_blocks.0.attn.to_q" not in fused
 
 
@@ -70,11 +72,10 @@ def test_qwen_fp8_layers_are_each_blocks_twelve_matmuls(stack_dirs) -> None:
     from diffusers import QwenImageTransformer2DModel
 
     from checkpoints import resolve
-    from model_repository.accelerate import FP8_LAYERS
 
     path = resolve("qwen-image-2512", "tiny", stack_dirs.checkpoints).path / "transformer"
     model = QwenImageTransformer2DModel.from_pretrained(path)
-    names = fp8_layer_names(model, FP8_LAYERS[type(model).__name__])
+    names = fp8_layer_names(model, component_of("qwen_image_transformer")[1].fp8_layers)
     # q/k/v/out of both streams, and the two linears of each stream's MLP (720 at 60 blocks full size)
     assert len(names) == 12 * len(model.transformer_blocks)
     assert "transformer_blocks.0.img_mlp.net.2" in names and "transformer_blocks.0.attn.to_add_out" in names
