@@ -5,7 +5,8 @@ TensorRT cannot be installed on the machines that develop this stack (design.md)
 only by the functions that need it (`build_engine`, `refit_engine`, `tensorrt_version`). Everything around them —
 profiles, plan names, the FP8 preconditions, the checks of profiles against the graph, the manifest's stale/fresh
 decisions — is plain Python and ONNX, tested on the CPU; `build_family_engines` takes its build step as an
-argument so tests inject a fake one.
+argument so tests inject a fake one. An "fp8" component's plan is built from its FP8 Q/DQ graph, which
+export/fp8_qdq.py calibrates and writes (when stale) on the way; the FP32 export stays the CPU profile's graph.
 
 Written to TensorRT 10's Python API (`trt.Builder`, `trt.OnnxParser.parse_from_file`, `IBuilderConfig`,
 `trt.IProgressMonitor`, `trt.Refitter`). TensorRT 11 removes the weak-typing precision flags (BuilderFlag.BF16):
@@ -16,6 +17,7 @@ building something else.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import subprocess
 import threading
@@ -282,8 +284,8 @@ def require_fp8_qdq(onnx_path: Path) -> int:
     found = f" (it has {counts['other']} non-FP8 Q/DQ nodes: INT8/INT4, not FP8)" if counts["other"] else ""
     raise BuildError(
         f"{onnx_path}: precision 'fp8' needs FP8 QuantizeLinear/DequantizeLinear nodes in the ONNX graph and it has "
-        f"none{found}. TensorRT quantizes explicitly: quantize the model first (e.g. NVIDIA ModelOpt's FP8 recipe, "
-        "calibrated, exported to ONNX with its Q/DQ nodes, sensitive layers left unquantized), or build 'bf16'."
+        f"none{found}. TensorRT quantizes explicitly: build from the calibrated Q/DQ graph of export/fp8_qdq.py "
+        "(build_family_engines does, given fp8=Fp8Inputs(...)), or a ModelOpt FP8 export, or build 'bf16'."
     )
 
 
@@ -696,6 +698,36 @@ class _Job:
     flags: dict
 
 
+@dataclass(frozen=True)
+class Fp8Inputs:
+    """What an "fp8" component's Q/DQ graph is made from besides its export (export/fp8_qdq.py): the checkpoint
+    folders whose pipeline is run for calibration, the LoRA files merged components need, the calibration settings
+    (None: fp8_qdq.Calibration's defaults) and where the Q/DQ graphs go (None: <onnx_dir>/fp8_qdq)."""
+
+    checkpoint_dirs: Mapping[str, Path]
+    loras: Mapping[str, Path] | None = None
+    calibration: Any = None  # fp8_qdq.Calibration; Any keeps torch out of this module's imports
+    qdq_dir: Path | None = None
+
+
+def _fp8_graph(component: Component, fam: Family, onnx_dir: Path, fp8: Fp8Inputs, log: Log) -> tuple[Path, dict]:
+    """The component's FP8 Q/DQ graph and its manifest entry, calibrated and written when stale."""
+    from . import fp8_qdq  # torch and diffusers: only when an FP8 plan is asked for
+
+    path, entry, _ = fp8_qdq.build_qdq_onnx(
+        component,
+        fam,
+        onnx_dir,
+        fp8.checkpoint_dirs,
+        qdq_dir=fp8.qdq_dir,
+        loras=fp8.loras,
+        calibration=fp8.calibration,
+        log=lambda m: log(f"[fp8_qdq] {m}"),
+    )
+    require_fp8_qdq(path)
+    return path, entry
+
+
 def _jobs(
     fam: Family,
     onnx_dir: Path,
@@ -704,9 +736,12 @@ def _jobs(
     precisions: Mapping[str, str],
     optimization_level: int,
     workspace_gb: float | None,
+    fp8: Fp8Inputs | None = None,
+    log: Log = print,
 ) -> list[_Job]:
     """Everything decided before any build (profiles, flags, FP8 preconditions), so a mistake in the fifth
-    component fails before the first one spends minutes building."""
+    component fails before the first one spends minutes building. FP8 components then get their Q/DQ graph
+    (calibrated when stale), which their plan is built from."""
     by_name = {c.triton_model: c for c in fam.components}
     jobs = []
     for name in names:
@@ -723,7 +758,14 @@ def _jobs(
         precision = precisions.get(name, component.precision)
         _precision_flags(precision, strongly_typed=False)
         if precision == "fp8":
-            require_fp8_qdq(onnx_path)
+            if not component.fp8_layers:
+                raise BuildError(f"{name}: precision 'fp8' needs registry fp8_layers (which linears run in FP8)")
+            if fp8 is None or not any(k in fp8.checkpoint_dirs for k in component.checkpoints):
+                raise BuildError(
+                    f"{name}: precision 'fp8' builds from an FP8 Q/DQ graph whose activation scales are calibrated "
+                    f"by running the pipeline: pass fp8=Fp8Inputs(checkpoint_dirs=...) with one of "
+                    f"{list(component.checkpoints)}, or build 'bf16'"
+                )
         flags = {
             "refittable": refittable(component, fam),
             "optimization_level": optimization_level,
@@ -733,6 +775,11 @@ def _jobs(
         }
         profiles = input_profiles(component, fam, onnx_path)
         jobs.append(_Job(component, onnx_path, entry, precision, profiles, flags))
+    for i, job in enumerate(jobs):
+        if job.precision == "fp8" and fp8 is not None:  # (fp8 is never None here: checked above)
+            # The plan is built from the Q/DQ graph and keyed by it; its inputs and outputs are the export's.
+            path, entry = _fp8_graph(job.component, fam, onnx_dir, fp8, log)
+            jobs[i] = dataclasses.replace(job, onnx=path, onnx_entry=entry)
     return jobs
 
 
@@ -748,6 +795,7 @@ def build_family_engines(
     workspace_gb: float | None = None,
     trt_version: str | None = None,
     force: bool = False,
+    fp8: Fp8Inputs | None = None,
     builder: Builder = build_engine,
     log: Log = print,
 ) -> dict:
@@ -757,7 +805,10 @@ def build_family_engines(
     components: which to build; default, those whose registry GPU backend is "tensorrt" — none today (the GPU
     profile runs torch), so name them to build any. Each needs an exported ONNX in `onnx_dir` (export/ layout and
     manifest). precisions: triton model -> "fp32" | "bf16" | "fp8", overriding the registry's Component.precision
-    (FLUX's and Qwen's transformers say "fp8", which a plain export, without Q/DQ nodes, refuses). capabilities:
+    (FLUX's and Qwen's transformers say "fp8"). An "fp8" plan is built from the component's FP8 Q/DQ graph
+    (export/fp8_qdq.py: the registry's fp8_layers, activation scales calibrated by running the stock pipeline of
+    `fp8.checkpoint_dirs`), written to <onnx_dir>/fp8_qdq when stale; without `fp8` an "fp8" component is refused
+    before anything is built. The CPU profile keeps serving the FP32 export. capabilities:
     the compute capabilities to build for, default this GPU's; build_engine builds only for the GPU it runs on.
     trt_version: default the installed TensorRT's. A plan is rebuilt when its key (plan_key: ONNX, precision,
     profiles, flags, TensorRT version, compute capability) changed or its file is not the one recorded; one plan per
@@ -774,7 +825,9 @@ def build_family_engines(
                 f"[tensorrt] {family}: no component has GPU backend 'tensorrt' in the registry; nothing to build "
                 "(pass components=[...] to build some anyway)"
             )
-    jobs = _jobs(fam, onnx_dir, mf.load(onnx_dir), components, precisions or {}, optimization_level, workspace_gb)
+    jobs = _jobs(
+        fam, onnx_dir, mf.load(onnx_dir), components, precisions or {}, optimization_level, workspace_gb, fp8, log
+    )
     if not jobs:
         return {**mf.load(out_dir), "last_run": {}}
     version = trt_version or tensorrt_version()

@@ -182,12 +182,13 @@ def test_fp8_needs_fp8_qdq_nodes(tmp_path: Path, model_repository: Path, stack_d
     with pytest.raises(tb.BuildError, match="INT8/INT4, not FP8"):
         tb.require_fp8_qdq(tmp_path / "int8.onnx")
 
-    # The registry's FP8 transformer, as export/ writes it (no quantizer): refused on the CPU, before TensorRT loads.
+    # The registry's FP8 transformer's plain FP32 export (no Q/DQ): refused on the CPU, before TensorRT loads; the
+    # message points at the Q/DQ graph export/fp8_qdq.py writes (test_fp8_component_builds_from_its_qdq_graph).
     flux = FAMILIES["flux"]
     transformer = next(c for c in flux.components if c.triton_model == "flux_schnell_transformer")
     onnx_path = _onnx(stack_dirs, transformer)
     profiles = tb.input_profiles(transformer, flux, onnx_path)
-    with pytest.raises(tb.BuildError, match="FP8 QuantizeLinear/DequantizeLinear nodes .* it has none.*ModelOpt"):
+    with pytest.raises(tb.BuildError, match="FP8 QuantizeLinear/DequantizeLinear nodes .* it has none.*fp8_qdq.py"):
         tb.build_engine(onnx_path, tmp_path / "x.plan", profiles, precision="fp8", timing_cache_path=tmp_path / "c")
     with pytest.raises(ValueError, match="precision 'fp16'"):
         tb.build_engine(onnx_path, tmp_path / "x.plan", profiles, precision="fp16", timing_cache_path=tmp_path / "c")
@@ -394,9 +395,12 @@ def test_what_build_family_engines_refuses(model_repository: Path, stack_dirs: B
 
     # Today no component's GPU backend is "tensorrt": nothing to build, and TensorRT is not needed to say so.
     assert build()["last_run"] == {} and not fake.calls
-    # The registry's FP8 transformer without Q/DQ fails before any plan is built, the VAE listed first included.
-    with pytest.raises(tb.BuildError, match="precision 'fp8' needs FP8"):
+    # The registry's FP8 transformer without what calibrates its Q/DQ graph (the checkpoint whose pipeline runs)
+    # fails before any plan is built, the VAE listed first included.
+    with pytest.raises(tb.BuildError, match=r"precision 'fp8' builds from an FP8 Q/DQ graph.*Fp8Inputs"):
         build(components=[VAE, "flux_schnell_transformer"])
+    with pytest.raises(tb.BuildError, match="Fp8Inputs.*'flux-schnell'"):  # another checkpoint's folder is no help
+        build(components=["flux_schnell_transformer"], fp8=tb.Fp8Inputs({"flux-dev": stack_dirs.checkpoints}))
     assert not fake.calls
     built = build(components=["flux_schnell_transformer"], precisions={"flux_schnell_transformer": "bf16"})
     assert built["last_run"] == {"flux_schnell_transformer": {"9.0": tb.BUILT}}
@@ -616,6 +620,53 @@ def test_build_engine_plumbing(fake_trt: types.ModuleType, tmp_path: Path) -> No
     del fake_trt.BuilderFlag.BF16  # TensorRT 11: weak typing gone
     with pytest.raises(tb.BuildError, match="strongly_typed=True"):
         tb.build_engine(onnx_path, tmp_path / "c.plan", profiles, timing_cache_path=cache)
+
+
+@pytest.fixture()
+def pipelines_imported() -> None:
+    """What calibration imports, imported before fake_trt stands in for `tensorrt`: torch._dynamo's first import
+    looks tensorrt up with importlib.util.find_spec, which fails on a stand-in module that has no spec."""
+    import diffusers.pipelines.flux.pipeline_flux  # noqa: F401
+    import transformers.models.clip.modeling_clip  # noqa: F401
+    import transformers.models.t5.modeling_t5  # noqa: F401
+
+
+def test_fp8_component_builds_from_its_qdq_graph(
+    pipelines_imported: None, fake_trt: types.ModuleType, model_repository: Path, stack_dirs: BuildDirs, tmp_path: Path
+) -> None:
+    """The registry's FP8 transformer: build_family_engines calibrates and writes its Q/DQ graph (export/fp8_qdq.py)
+    and build_engine, against the fake TensorRT, parses that graph, finds its FP8 Q/DQ and builds; a rerun reuses
+    both the graph and the plan."""
+    from checkpoints import resolve
+    from export import fp8_qdq
+
+    name = "flux_schnell_transformer"
+    fp8 = tb.Fp8Inputs(
+        checkpoint_dirs={"flux-schnell": resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path},
+        calibration=fp8_qdq.Calibration(prompts=("a fox",), steps=1, width=64, height=64),
+        qdq_dir=tmp_path / "qdq",
+    )
+    out, lines = tmp_path / "engines", []
+    kw = {"components": [name], "capabilities": ["9.0"], "trt_version": TRT_VERSION, "fp8": fp8, "log": lines.append}
+    result = tb.build_family_engines("flux", stack_dirs.onnx, out, **kw)
+    assert result["last_run"] == {name: {"9.0": tb.BUILT}}
+    qdq_graph = tmp_path / "qdq" / name / "model.onnx"
+    qdq_entry = mf.load(tmp_path / "qdq")["models"][name]
+    network, config = fake_trt.built[0]
+    assert [t.name for t in network.inputs] == [s.name for s in FAMILIES["flux"].components[2].inputs]
+    assert config.flags == ["BF16"]  # FP8 comes from the graph's Q/DQ, not from a flag
+    plan = mf.load(out)["models"][name]["plans"]["9.0"]
+    assert plan["fp8_qdq_nodes"] == 4 * qdq_entry["gemms"] > 0 and plan["precision"] == "fp8"
+    assert plan["onnx_sha256"] == qdq_entry["sha256"] == mf.file_sha256(qdq_graph)  # keyed by the Q/DQ graph
+    assert any("[fp8_qdq]" in line and "calibrating" in line for line in lines)
+
+    again = tb.build_family_engines("flux", stack_dirs.onnx, out, **kw)
+    assert again["last_run"] == {name: {"9.0": tb.UNCHANGED}} and len(fake_trt.built) == 1
+    # Other calibration settings: a new Q/DQ graph, hence a new plan.
+    other = dataclasses.replace(fp8, calibration=dataclasses.replace(fp8.calibration, steps=2))
+    assert tb.build_family_engines("flux", stack_dirs.onnx, out, **{**kw, "fp8": other})["last_run"] == {
+        name: {"9.0": tb.BUILT}
+    }
 
 
 def test_refit_engine_resets_every_weight_to_base(fake_trt: types.ModuleType, tmp_path: Path) -> None:
