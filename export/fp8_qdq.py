@@ -269,6 +269,30 @@ def _scopes(node: onnx.NodeProto) -> list[str] | None:
     return None
 
 
+def absent_layers(graph: onnx.GraphProto, layers: Sequence[str], prefix: str = INITIALIZER_PREFIX) -> list[str]:
+    """The layers the exporter dropped as dead code: no weight initializer and no node in the module's scope.
+
+    Qwen-Image's last block computes a text-stream output that nothing reads (only the image stream reaches
+    proj_out), so its to_add_out and txt_mlp run in torch but are not in the graph. A layer whose weight is missing
+    while nodes of its scope remain was renamed or rewritten instead: QdqError, as for a graph without the scope
+    metadata that tells the two apart."""
+    inits = {t.name for t in graph.initializer}
+    missing = [layer for layer in layers if f"{prefix}{layer}.weight" not in inits]
+    if not missing:
+        return []
+    scoped: set[str] = set()
+    for node in graph.node:
+        scoped.update(_scopes(node) or ())
+    if not scoped:
+        raise QdqError(f"{missing[0]}: no initializer {prefix}{missing[0]}.weight, and no module scopes to tell why")
+    renamed = [layer for layer in missing if f"{prefix}{layer}" in scoped]
+    if renamed:
+        raise QdqError(
+            f"{renamed[0]}: nodes of its module are in the graph but no initializer {prefix}{renamed[0]}.weight"
+        )
+    return missing
+
+
 def find_gemms(graph: onnx.GraphProto, layers: Sequence[str], prefix: str = INITIALIZER_PREFIX) -> dict[str, list]:
     """layer -> its GemmSites, found from the weight initializer `<prefix><layer>.weight` through Transpose nodes
     to the MatMul/Gemm that reads it as its second input. Where the exporter recorded module scopes, each GEMM must
@@ -316,12 +340,17 @@ def insert_qdq(
     amax: Mapping[str, float],
     base_dir: Path | None = None,
     prefix: str = INITIALIZER_PREFIX,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Put FP8 Q/DQ on both inputs of every GEMM of the layers in `amax`, in place; raise the opset to 19.
     Weight scales come from the graph's own weights (external ones read from `base_dir`, one layer at a time), the
-    exact FP32 values TensorRT will quantize. Returns counts."""
+    exact FP32 values TensorRT will quantize. Layers the exporter dropped as dead code (absent_layers) are skipped.
+    Returns counts and the skipped layers."""
     graph = model.graph
-    sites = find_gemms(graph, list(amax), prefix)
+    absent = absent_layers(graph, list(amax), prefix)
+    present = [layer for layer in amax if layer not in absent]
+    if not present:
+        raise QdqError(f"none of the {len(amax)} selected layers is in the graph")
+    sites = find_gemms(graph, present, prefix)
     inits = {t.name: t for t in graph.initializer}
     new_inits: list[TensorProto] = [_fp8_zeros("fp8_qdq.zero_point", [])]
     inserts: list[tuple[int, list[onnx.NodeProto]]] = []
@@ -373,7 +402,7 @@ def insert_qdq(
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < QDQ_OPSET:
             opset.version = QDQ_OPSET
-    return {"layers": len(sites), "gemms": gemms, "qdq_nodes": 4 * gemms}
+    return {"layers": len(sites), "gemms": gemms, "qdq_nodes": 4 * gemms, "absent": absent}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -385,7 +414,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def write_qdq_onnx(source: Path, dest: Path, amax: Mapping[str, float]) -> dict[str, int]:
+def write_qdq_onnx(source: Path, dest: Path, amax: Mapping[str, float]) -> dict[str, Any]:
     """`source` (an export/ graph, weights inline or beside it) -> `dest` with FP8 Q/DQ on the layers of `amax`.
     External weight files are linked beside `dest` under their own names, so the references in the graph hold."""
     source, dest = Path(source), Path(dest)
@@ -507,5 +536,8 @@ def build_qdq_onnx(
     }
     manifest["models"][name] = entry
     mf.save(qdq_dir, manifest)
-    log(f"{name}: FP8 Q/DQ graph written to {out}: {counts['layers']} layers, {counts['qdq_nodes']} Q/DQ nodes")
+    dropped = f" ({len(counts['absent'])} selected layers not in the graph: dead code)" if counts["absent"] else ""
+    log(
+        f"{name}: FP8 Q/DQ graph written to {out}: {counts['layers']} layers, {counts['qdq_nodes']} Q/DQ nodes{dropped}"
+    )
     return out, entry, BUILT

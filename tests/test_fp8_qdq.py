@@ -126,6 +126,7 @@ def test_qdq_graph_runs_in_onnxruntime_like_torch_fp8(
 def test_every_selected_gemm_and_only_those_got_qdq(qdq: tuple[Path, dict], layers: list[str], onnx_copy) -> None:
     path, entry = qdq
     assert entry["layers"] == entry["gemms"] == len(layers) == 17  # tiny FLUX: 1 double + 1 single block
+    assert entry["absent"] == []
     assert not any("norm" in n or "embed" in n or n == "proj_out" for n in layers)
     graph = onnx.load(str(path)).graph
     source = onnx.load(str(onnx_copy / SCHNELL.triton_model / "model.onnx")).graph
@@ -168,8 +169,13 @@ def _graph(*nodes: onnx.NodeProto) -> onnx.GraphProto:
 
 def test_a_layer_that_cannot_be_found_fails_loudly(onnx_copy: Path) -> None:
     model = onnx.load(str(onnx_copy / SCHNELL.triton_model / "model.onnx"))
-    with pytest.raises(fq.QdqError, match="no initializer 'model.transformer_blocks.7.attn.to_q.weight'"):
-        fq.insert_qdq(model, {"transformer_blocks.7.attn.to_q": 1.0})
+    # The real export with to_q's weight renamed: its module's nodes are still there, so this is no dead code.
+    weight = next(t for t in model.graph.initializer if t.name == "model.transformer_blocks.0.attn.to_q.weight")
+    weight.name = "renamed"
+    for n in model.graph.node:
+        n.input[:] = ["renamed" if i == "model.transformer_blocks.0.attn.to_q.weight" else i for i in n.input]
+    with pytest.raises(fq.QdqError, match="transformer_blocks.0.attn.to_q: nodes of its module are in the graph"):
+        fq.insert_qdq(model, {"transformer_blocks.0.attn.to_k": 1.0, "transformer_blocks.0.attn.to_q": 1.0})
     node = onnx.helper.make_node
     # A weight used by something other than a GEMM, a GEMM computing x W (not x W^T), a weight no node reads.
     cases = {
@@ -187,6 +193,29 @@ def test_a_layer_that_cannot_be_found_fails_loudly(onnx_copy: Path) -> None:
     assert (site.node.op_type, site.weight_input, site.axis) == ("MatMul", "wt", 1)
     (site,) = fq.find_gemms(_graph(node("Gemm", ["x", "model.lin.weight"], ["y"], transB=1)), ["lin"])["lin"]
     assert (site.node.op_type, site.weight_input, site.axis) == ("Gemm", "model.lin.weight", 0)
+
+
+def _scoped(op: str, inputs: list[str], scope: str, **attrs: int) -> onnx.NodeProto:
+    n = onnx.helper.make_node(op, inputs, ["y"], **attrs)
+    onnx.helper.set_metadata_props(n, {"pkg.torch.onnx.name_scopes": repr(["", "model", scope])})
+    return n
+
+
+def test_layers_the_exporter_dropped_are_told_apart_from_renamed_ones() -> None:
+    """Qwen-Image's last block's text-stream linears are dead code in the graph (measured on the tiny export: its
+    to_add_out and txt_mlp, 3 of 24 layers): skipped. A layer whose module still has nodes but no weight is not."""
+    graph = _graph(_scoped("Gemm", ["x", "model.lin.weight"], "model.lin", transB=1))
+    assert fq.absent_layers(graph, ["lin", "gone"]) == ["gone"]
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    counts = fq.insert_qdq(model, {"lin": 1.0, "gone": 1.0})
+    assert counts["layers"] == 1 and counts["absent"] == ["gone"]
+    with pytest.raises(fq.QdqError, match="none of the 1 selected layers"):
+        fq.insert_qdq(model, {"gone": 1.0})
+    renamed = _graph(_scoped("Identity", ["x"], "model.lin2"))
+    with pytest.raises(fq.QdqError, match="nodes of its module are in the graph"):
+        fq.absent_layers(renamed, ["lin2"])
+    with pytest.raises(fq.QdqError, match="no module scopes"):  # without the exporter's metadata: cannot tell
+        fq.absent_layers(_graph(onnx.helper.make_node("Identity", ["x"], ["y"])), ["lin2"])
 
 
 def test_scales_come_from_the_calibration_inputs() -> None:
@@ -236,3 +265,37 @@ def test_rebuilt_only_when_an_input_changes(
     assert _build(onnx_dir, schnell_dir, qdq_dir, fewer)[2] == fq.BUILT
     recorded = json.loads((qdq_dir / mf.MANIFEST).read_text())["models"][SCHNELL.triton_model]
     assert recorded["sha256"] == mf.file_sha256(path) and recorded["calibration"]["steps"] == 1
+
+
+def test_qwen_fast_transformer_with_its_merged_lora(model_repository: Path, stack_dirs, tmp_path: Path) -> None:
+    """Qwen-Image's Lightning transformer: calibrated through QwenImagePipeline with the LoRA merged and Lightning's
+    sampler; its last block's text-stream linears are dead code in the export and skipped; the graph runs."""
+    from checkpoints import resolve, resolve_lora
+    from export.adapters import qwen_shape
+
+    family = FAMILIES["qwen-image"]
+    fast = next(c for c in family.components if c.triton_model == "qwen_image_fast_transformer")
+    checkpoint = resolve("qwen-image-2512-fast", "tiny", stack_dirs.checkpoints).path
+    lora = resolve_lora("qwen-image-lightning", "tiny", stack_dirs.checkpoints).file
+    path, entry, _ = fq.build_qdq_onnx(
+        fast,
+        family,
+        stack_dirs.onnx,
+        {"qwen-image-2512-fast": checkpoint},
+        qdq_dir=tmp_path,
+        loras={"qwen-image-lightning": lora},
+        calibration=fq.Calibration(prompts=("a fox",), steps=2, width=64, height=64),
+    )
+    last = len(entry["activation_amax"]) // 12 - 1  # 12 selected linears per block
+    assert entry["absent"] == [
+        f"transformer_blocks.{last}.{n}" for n in ("attn.to_add_out", "txt_mlp.net.0.proj", "txt_mlp.net.2")
+    ]
+    assert tb.quantize_nodes(path) == {"fp8": 4 * entry["layers"], "other": 0} and entry["layers"] == 12 * last + 9
+    module = ADAPTERS[fast.exporter].load(checkpoint / "transformer")
+    torch.manual_seed(0)
+    inputs = ADAPTERS[fast.exporter].example(module, qwen_shape(batch=1, height=64, width=64, text_tokens=8))
+    feeds = {s.name: t.numpy() for s, t in zip(fast.inputs, inputs, strict=True)}
+    quantized = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    fp32_path = stack_dirs.onnx / fast.triton_model / "model.onnx"
+    fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.isfinite(quantized).all() and 0 < np.abs(quantized - fp32).max() < 0.1 * np.abs(fp32).max()
