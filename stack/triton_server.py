@@ -160,6 +160,8 @@ class TritonServer:
                 r.read()
         except urllib.error.HTTPError as exc:
             raise RuntimeError(f"loading {name} failed: {exc.read().decode(errors='replace')[:500]}") from None
+        except (urllib.error.URLError, OSError) as exc:  # refused, or no answer within timeout_s
+            raise RuntimeError(f"loading {name} did not finish: {exc}") from None
 
     def served_models(self) -> tuple[str, ...]:
         """The models this server was asked to load: every model folder of the repository for "*"."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,23 +32,27 @@ class Update:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Rebuild:
+    exported: list[str]  # components export/ rebuilt
+    changed: set[str]  # Triton models whose folder in the repository changed (a new version or config)
+
+
 def _log(message: str) -> None:
     print(f"[update] {message}", flush=True)
 
 
-def update_family(
+def rebuild_family(
     family: str,
     dirs: BuildDirs,
-    triton: TritonServer,
     *,
     mode: str = "tiny",
     checkpoint_paths: dict[str, Path] | None = None,
     profile: str = "cpu",
-) -> Update:
-    """Re-export what changed in `family`, lay out the new versions and reload them in `triton`.
+) -> Rebuild:
+    """Re-export what changed in `family` and lay out the new versions in the repository; loads nothing.
 
     `checkpoint_paths` names local folders per checkpoint key (mode "local"), e.g. an updated checkpoint."""
-    t0 = time.perf_counter()
     paths = checkpoint_paths or {}
     resolved = {
         c.key: resolve(c.key, "local" if c.key in paths else mode, dirs.checkpoints, paths.get(c.key))
@@ -66,15 +71,40 @@ def update_family(
     changed: set[str] = set()
     sources = {k: CheckpointSource(r.path, r.label) for k, r in resolved.items()}
     build_repository(dirs.repository, dirs.onnx, sources, profile, families=[family], loras=loras, changed=changed)
-    # Components first, so a reloaded pipeline model never meets an old component it was not built against.
-    order = sorted(changed, key=lambda name: name.endswith("_pipeline"))
+    return Rebuild(exported, changed)
+
+
+def load_order(models: Iterable[str]) -> list[str]:
+    """Components first, so a reloaded pipeline model never meets an old component it was not built against."""
+    return sorted(models, key=lambda name: (name.endswith("_pipeline"), name))
+
+
+def load_models(triton: TritonServer, models: Iterable[str]) -> list[str]:
+    """Have Triton load each of `models` anew, in load order; the old versions serve until each switch."""
+    order = load_order(models)
     for name in order:
         t1 = time.perf_counter()
         triton.load_model(name)
         _log(f"{name}: new version loaded and serving in {time.perf_counter() - t1:.1f}s")
+    return order
+
+
+def update_family(
+    family: str,
+    dirs: BuildDirs,
+    triton: TritonServer,
+    *,
+    mode: str = "tiny",
+    checkpoint_paths: dict[str, Path] | None = None,
+    profile: str = "cpu",
+) -> Update:
+    """Re-export what changed in `family`, lay out the new versions and reload them in `triton`."""
+    t0 = time.perf_counter()
+    rebuild = rebuild_family(family, dirs, mode=mode, checkpoint_paths=checkpoint_paths, profile=profile)
+    order = load_models(triton, rebuild.changed)
     if not order:
         _log(f"{family}: nothing changed")
-    return Update(exported, order, time.perf_counter() - t0)
+    return Update(rebuild.exported, order, time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,9 @@
 """A model update on a running stack (CPU profile): a changed checkpoint rebuilds only the component it touches,
-and Triton switches to the new version while a stream of requests through the API keeps getting 200s."""
+and Triton switches to the new version while a stream of requests through the API keeps getting 200s.
+
+Two ways the server learns of it: the updater loads what it rebuilt (`stack.update`, the local stack), or a build
+elsewhere writes the repository and the serving side's watcher finds and loads it (`stack.repository_watch`, what a
+Modal serving container runs against the engines Volume)."""
 
 from __future__ import annotations
 
@@ -12,14 +16,16 @@ import urllib.request
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from checkpoints.source import resolve
 from model_repository.layout import CheckpointSource, build_repository
 from stack.local import BuildDirs
+from stack.repository_watch import RepositoryWatcher
 from stack.triton_server import Ports, TritonServer
-from stack.update import update_family
+from stack.update import rebuild_family, update_family
 
 from .stack_fixtures import free_port, running_api
 
@@ -55,8 +61,19 @@ def _perturb_transformer(checkpoint: Path) -> None:
     save_file(weights, path, metadata={"format": "pt"})
 
 
+def _broken_version(repository: Path, model: str) -> int:
+    """A build that went wrong: a next version of `model` whose graph is not ONNX (its model.py is the layout's)."""
+    last = max(int(p.name) for p in (repository / model).iterdir() if p.name.isdigit())
+    broken = repository / model / str(last + 1)
+    broken.mkdir()
+    shutil.copy2(repository / model / str(last) / "model.py", broken / "model.py")
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    return last + 1
+
+
+@pytest.mark.parametrize("loader", ["updater", "watcher"])
 def test_checkpoint_update_reloads_only_the_changed_component_without_losing_requests(
-    stack_dirs, model_repository, tmp_path
+    loader: str, stack_dirs, model_repository, tmp_path
 ) -> None:
     # model_repository: the session's build, whose exported components this test starts from
     dirs = BuildDirs(tmp_path / "build")
@@ -67,12 +84,15 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
     label = f"local:{checkpoint.resolve()}"
     build_repository(dirs.repository, dirs.onnx, {"flux-schnell": CheckpointSource(checkpoint, label)}, "cpu", ["flux"])
     old_version = _version(dirs.onnx, "flux_schnell_transformer")
+    record = tmp_path / "build.json"  # what a build writes last
+    refreshes: list[float] = []
 
     triton = TritonServer(
         dirs.repository, dirs.backends, Ports(free_port(), free_port(), free_port()), tmp_path / "triton.log"
     ).start()
     try:
         triton.wait_ready(timeout_s=120)
+        watcher = RepositoryWatcher(triton, triton.served_models(), refresh=lambda: refreshes.append(1), marker=record)
         with running_api(triton.grpc_url, RYLA_GROUPS="flux") as url, httpx.Client(base_url=url, timeout=60) as c:
             before = c.post("/flux", json=BODY)
             assert before.status_code == 200, before.text
@@ -89,19 +109,39 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
             thread.start()
             try:
                 _perturb_transformer(checkpoint)
-                update = update_family("flux", dirs, triton, checkpoint_paths={"flux-schnell": checkpoint})
+                if loader == "updater":
+                    update = update_family("flux", dirs, triton, checkpoint_paths={"flux-schnell": checkpoint})
+                    exported, reloaded = update.exported, update.reloaded
+                else:
+                    rebuild = rebuild_family("flux", dirs, checkpoint_paths={"flux-schnell": checkpoint})
+                    exported = rebuild.exported
+                    # The repository changed but the build has not written its record: a build in progress.
+                    assert watcher.stale() == ["flux_schnell_transformer"]
+                    assert watcher.poll() == []
+                    record.write_text(json.dumps({"built_at": time.time()}))
+                    reloaded = watcher.poll()
+                    assert watcher.poll() == [] and len(refreshes) == 3  # loaded once; refreshed at every poll
                 served_during_update = len(statuses)
                 time.sleep(1.0)  # requests keep flowing after the switch too
             finally:
                 stop.set()
                 thread.join(timeout=MAX_SECONDS)
             after = c.post("/flux", json=BODY)
+            if loader == "watcher":
+                # A build that left a broken version: the load fails, the version that served keeps serving, and the
+                # next poll tries again (the watcher does not mark it loaded).
+                _broken_version(dirs.repository, "flux_schnell_transformer")
+                record.write_text(json.dumps({"built_at": time.time() + 1}))
+                assert watcher.poll() == []
+                assert watcher.stale() == ["flux_schnell_transformer"]
+                still = c.post("/flux", json=BODY)
+                assert still.status_code == 200 and still.content == after.content
     finally:
         triton.stop()
 
     # Exactly the changed component was rebuilt and reloaded; nothing else was touched.
-    assert update.exported == ["flux_schnell_transformer"]
-    assert update.reloaded == ["flux_schnell_transformer"]
+    assert exported == ["flux_schnell_transformer"]
+    assert reloaded == ["flux_schnell_transformer"]
     assert _version(dirs.onnx, "flux_schnell_transformer") == old_version + 1
     # No request lost while Triton loaded the new version beside the old one.
     assert served_during_update >= 3 and len(statuses) > served_during_update
