@@ -64,7 +64,8 @@ from registry import (
     pipeline_model_of,
     routes_of,
 )
-from stack.triton_server import TritonInstall, TritonServer  # the standard library only
+from stack.repository_watch import RepositoryWatcher  # the standard library only, as triton_server
+from stack.triton_server import TritonInstall, TritonServer
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -153,6 +154,13 @@ SERVE_MEMORY_MIB = 128 * 1024
 SERVICE_HEADROOM = 4
 # Seconds an input may run beyond its route's generation limit (encoding, the API's own work).
 REQUEST_MARGIN_S = 60
+# Modal's web endpoints answer a request still running after 150 s with a 303 redirect to poll, which the product's
+# client (it reads raw bytes) may not follow. The API ends queueing + generation by this deadline instead (a 504 in
+# the contract's envelope), leaving the rest of the 150 s for encoding and the transfer.
+ANSWER_DEADLINE_S = 140.0
+# Seconds between a serving container's looks at the Volumes for a newer build of its group (a running container
+# loads it without a restart; new containers mount the latest commit anyway).
+REPOSITORY_POLL_S = 60.0
 # Warm-up generations: the route's default size (compile caches and CUDA graphs are per shape, and most requests use
 # it) with a few steps. The smoke test uses the route's smallest size.
 WARMUP_STEPS = 2
@@ -416,10 +424,12 @@ def _build_group(group: str, force: bool) -> dict[str, Any]:
         _log(group, f"{family}: ONNX ready in {time.perf_counter() - t1:.0f}s; building plans for {', '.join(graph)}")
         require_matching_tensorrt()
         # Imported only here: export/tensorrt_build.py is written apart, and triton_modal imports without it.
-        from export.tensorrt_build import build_family_engines
+        from export.tensorrt_build import Fp8Inputs, build_family_engines
 
         t1 = time.perf_counter()
-        engines[family] = build_family_engines(family, dirs.onnx, dirs.plans)
+        # An "fp8" component's plan comes from a Q/DQ graph calibrated by running its pipeline from these folders.
+        fp8 = Fp8Inputs(checkpoint_dirs=served, loras=loras)
+        engines[family] = build_family_engines(family, dirs.onnx, dirs.plans, fp8=fp8)
         engines_volume.commit()
         _log(group, f"{family}: plans built in {time.perf_counter() - t1:.0f}s")
 
@@ -483,6 +493,13 @@ def triton_server(group: str) -> TritonServer:
         load_models=group_plan(group).models,
         install=NgcTriton.in_image(),
     )
+
+
+def reload_served_volumes() -> None:
+    """A serving container's view of a newer build: its engines, and the checkpoints a new revision brought (the
+    repository's configs name checkpoint folders). Raises while a file on a Volume is open; the watcher retries."""
+    checkpoints_volume.reload()
+    engines_volume.reload()
 
 
 def require_api_keys(settings: Settings) -> None:
@@ -601,7 +618,9 @@ class GroupServer:
         group, plan, dirs = self.group, group_plan(self.group), GroupDirs(self.group)
         spec = GROUPS[group]
         triton = triton_server(group)
-        settings = Settings(groups=(group,), triton_grpc_url=triton.grpc_url, gpu_type=spec.gpu)
+        settings = Settings(
+            groups=(group,), triton_grpc_url=triton.grpc_url, gpu_type=spec.gpu, answer_deadline_s=ANSWER_DEADLINE_S
+        )
         require_api_keys(settings)
         if not dirs.repository.is_dir():
             raise RuntimeError(
@@ -621,6 +640,8 @@ class GroupServer:
             raise
         triton_ready_s = time.time() - t0
         _log(group, f"Triton ready with {', '.join(plan.models)}: {triton_ready_s:.1f}s after container start")
+        # What Triton loaded is what the Volume held at start; a later build's record tells the watcher to load more.
+        self.watcher = RepositoryWatcher(self.triton, plan.models, refresh=reload_served_volumes, marker=dirs.record)
 
         # The warm-up runs through an API of its own, without keys (it never leaves this process) and with the
         # startup budget as its time limit: the first generation may compile. The served app is made fresh below,
@@ -656,6 +677,7 @@ class GroupServer:
         state.record_cold_start_phase("triton_ready", triton_ready_s)
         state.record_cold_start_phase("first_image", first_image_s)
         compile_cache_volume.commit()  # what the warm-up compiled, for the next container
+        _, self._stop_watching = self.watcher.start(REPOSITORY_POLL_S)
 
     def _print_triton_log(self, lines: int = 200) -> None:
         if TRITON_LOG.is_file():
@@ -663,6 +685,9 @@ class GroupServer:
 
     @modal.exit()
     def stop(self) -> None:
+        stop_watching = getattr(self, "_stop_watching", None)
+        if stop_watching is not None:
+            stop_watching.set()
         triton = getattr(self, "triton", None)
         if triton is not None:
             triton.stop()

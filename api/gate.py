@@ -21,8 +21,9 @@ class GroupGate:
         self.in_flight = 0
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Holds a generation slot; yields the seconds spent queueing."""
+    async def slot(self, max_wait_s: float | None = None) -> AsyncIterator[float]:
+        """Holds a generation slot; yields the seconds spent queueing. `max_wait_s`: a request that gets no slot
+        within it is answered 504 (its answer deadline passed in the queue)."""
         if self._slots.locked() and self.waiting >= self.max_queue:
             raise ApiError(
                 429, f"the {self.name} queue is full; retry later", headers={"Retry-After": str(self.retry_after_s)}
@@ -30,7 +31,9 @@ class GroupGate:
         t0 = time.perf_counter()
         self.waiting += 1
         try:
-            await self._slots.acquire()
+            await asyncio.wait_for(self._slots.acquire(), max_wait_s)
+        except TimeoutError:
+            raise ApiError(504, f"no {self.name} generation slot freed before the answer deadline") from None
         finally:
             self.waiting -= 1
         self.in_flight += 1

@@ -168,9 +168,15 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
         # secrets, not random: a seed nobody can predict from earlier answers.
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
         timeout_s = state.settings.timeout_of(route.timeout_s)
+        deadline_s = state.settings.answer_deadline_s
         # Bad media is a 422/413 before the request takes a place in the queue; Pillow decodes off the event loop.
         media = await run_in_threadpool(decode_media, route, body)
-        async with state.gates[route.group].slot() as queue_s:
+        left_s = None if deadline_s is None else deadline_s - (time.perf_counter() - arrival)
+        async with state.gates[route.group].slot(max_wait_s=left_s) as queue_s:
+            if deadline_s is not None:
+                timeout_s = min(timeout_s, deadline_s - (time.perf_counter() - arrival))
+                if timeout_s <= 0:
+                    raise ApiError(504, "the answer deadline passed before the generation could start")
             inputs = pipeline_inputs(route, body, seed, media)
             result = await backend.infer(pipeline, route.task, inputs, timeout_s, request.state.request_id)
         cold_start = state.claim_cold_start()

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     groups: CommaList = ()
     # Overrides every route's Route.timeout_s when set (tests, or an operator tightening limits).
     generation_timeout_s: float | None = Field(default=None, gt=0)
+    # Seconds from a request's arrival by which its generation must be done, queueing included; the route's limit
+    # shrinks to fit. Set where a proxy cuts long requests short: Modal's web endpoints turn an answer later than
+    # 150 s into a redirect to poll, which a client that reads raw bytes may not follow. None: the route's limit alone.
+    answer_deadline_s: float | None = Field(default=None, gt=0)
     # Bound on the readiness / model-config calls of /ready and /v1/models, so a hung Triton cannot hang them.
     probe_timeout_s: float = Field(default=2.0, gt=0)
     # What 429 and 503 answers tell clients to wait before retrying.

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .triton_server import TritonServer
-from .update import load_order
 
 
 def _log(message: str) -> None:
     print(f"[watch] {message}", flush=True)
+
+
+def load_order(models: Iterable[str]) -> list[str]:
+    """Components first, so a reloaded pipeline model never meets an old component it was not built against."""
+    return sorted(models, key=lambda name: (name.endswith("_pipeline"), name))
 
 
 def model_fingerprint(model_dir: Path) -> str | None:

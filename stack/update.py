@@ -22,6 +22,7 @@ from model_repository.layout import CheckpointSource, build_repository
 from registry import checkpoints_of, loras_of
 
 from .local import BuildDirs
+from .repository_watch import load_order
 from .triton_server import TritonServer
 
 
@@ -72,11 +73,6 @@ def rebuild_family(
     sources = {k: CheckpointSource(r.path, r.label) for k, r in resolved.items()}
     build_repository(dirs.repository, dirs.onnx, sources, profile, families=[family], loras=loras, changed=changed)
     return Rebuild(exported, changed)
-
-
-def load_order(models: Iterable[str]) -> list[str]:
-    """Components first, so a reloaded pipeline model never meets an old component it was not built against."""
-    return sorted(models, key=lambda name: (name.endswith("_pipeline"), name))
 
 
 def load_models(triton: TritonServer, models: Iterable[str]) -> list[str]:

@@ -376,3 +376,30 @@ def test_metrics_after_generations(client: httpx.Client) -> None:
     assert 'ryla_requests_total{route="/flux",status="200"}' in text
     assert 'ryla_generation_stage_seconds_count{route="/flux",stage="triton"}' in text
     assert 'ryla_in_flight{group="flux"} 0.0' in text
+
+
+async def test_answer_deadline_bounds_queue_and_generation(triton: TritonServer) -> None:
+    # Modal's web endpoints redirect an answer later than 150 s; RYLA_ANSWER_DEADLINE_S keeps every answer inside
+    # such a bound, the route's own limit (60 s for /flux) notwithstanding.
+    deadline = 1.6
+    group = GROUPS[GROUP]
+    with running_api(triton.grpc_url, RYLA_ANSWER_DEADLINE_S=str(deadline), RYLA_GROUPS=GROUP) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            t0 = time.monotonic()
+            r = await c.post("/flux", json={"prompt": "sleep:30", **SMALL})
+            assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+            assert deadline <= time.monotonic() - t0 < deadline + 1.0
+
+            # Slots held for 1.0 s each (done in time); a queued request waits for them, and the 1.0 s of work it
+            # then asks for no longer fits: its generation limit is what the deadline left it.
+            holders = [
+                asyncio.ensure_future(c.post("/flux", json={"prompt": "sleep:1.0", **SMALL}))
+                for _ in range(group.max_concurrency)
+            ]
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            queued = await c.post("/flux", json={"prompt": "sleep:1.0", **SMALL})
+            waited = time.monotonic() - t0
+            assert [h.status_code for h in await asyncio.gather(*holders)] == [200] * group.max_concurrency
+            assert queued.status_code == 504, queued.text
+            assert deadline <= waited < deadline + 1.0
