@@ -59,6 +59,12 @@ class Acceleration:
 ACCELERATIONS = ("fuse_qkv", "compile", "cuda_graphs", "compile_blocks")
 
 
+# cuBLASLt (CUDA 13.0 under torch 2.11, H100) has no row-wise FP8 GEMM with the bias fused for K=12288, N=3072 and
+# M <= 32 (CUBLAS_STATUS_NOT_SUPPORTED; Qwen-Image's txt_mlp down projection on a short prompt): below this many rows
+# the bias is added after the GEMM; above, it stays fused in the GEMM's epilogue.
+FUSED_BIAS_MIN_ROWS = 64
+
+
 class Fp8Linear(torch.nn.Module):
     """y = x W^T + b with W stored in float8 e4m3 (one scale per output channel) and x quantised per token on the
     fly; `torch._scaled_mm` runs it on Hopper's FP8 tensor cores and returns BF16."""
@@ -80,15 +86,18 @@ class Fp8Linear(torch.nn.Module):
             x2 = torch.nn.functional.pad(x2, (0, 0, 0, 16 - rows % 16))
         x_scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
         x_fp8 = (x2.float() / x_scale).to(torch.float8_e4m3fn)
+        fuse_bias = x2.shape[0] >= FUSED_BIAS_MIN_ROWS
         y = torch._scaled_mm(
             x_fp8,
             self.weight_fp8.t(),
             scale_a=x_scale,
             scale_b=self.weight_scale,
-            bias=self.bias,
+            bias=self.bias if fuse_bias else None,
             out_dtype=torch.bfloat16,
             use_fast_accum=True,
         )
+        if self.bias is not None and not fuse_bias:
+            y = y + self.bias.to(y.dtype)
         return y[:rows].reshape(*shape[:-1], self.out_features)
 
 

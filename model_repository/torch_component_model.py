@@ -91,5 +91,7 @@ class TritonPythonModel:
                     )
                 )
             except Exception as exc:  # one bad request must not take the others down
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.component}: {exc}")))
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.component.triton_model}: {exc}"))
+                )
         return responses

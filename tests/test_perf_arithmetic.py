@@ -59,6 +59,19 @@ def test_fp8_linear_keeps_shape_and_weights_close() -> None:
     assert fp8.weight_scale.shape == (1, 32)
 
 
+@pytest.mark.parametrize("rows", [12, 100])  # bias added after the GEMM / fused into it (FUSED_BIAS_MIN_ROWS)
+def test_fp8_linear_computes_the_linear_with_its_bias(rows: int) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.bias.fill_(10.0)  # a dropped bias would be off by far more than FP8 rounding
+    x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y, ref = Fp8Linear(linear)(x).float(), linear(x).float()
+    assert y.shape == (1, rows, 32)
+    assert (y - ref).norm() / ref.norm() < 0.02
+
+
 def test_benchmark_knows_the_real_configs() -> None:
     assert (
         gpu_benchmark.FLUX_TRANSFORMER["num_layers"] == 19 and gpu_benchmark.FLUX_TRANSFORMER["num_single_layers"] == 38
@@ -107,3 +120,18 @@ def test_qwen_text_encoder_benchmark_runs_on_the_tiny_encoder(tmp_path) -> None:
     by_case = {r["case"]: r for r in rows}
     # The edit prompt carries the condition image's tokens (vision tower), the text-to-image one does not.
     assert int(by_case["edit_one_image"]["text_tokens"]) > int(by_case["text_to_image"]["text_tokens"]) > 0
+
+
+def test_qwen_served_benchmark_assembles_its_checkpoint_and_times_the_plain_pipeline(tmp_path) -> None:
+    """The served Qwen benchmark's CPU dry run: the checkpoint folder it assembles loads in the stock pipeline, which
+    runs at both step counts (the served side needs a GPU; tiny CPU timings are too noisy to check)."""
+    import csv
+
+    from perf import qwen_served
+
+    argv = ["--smoke", "--size", "256", "--steps", "3", "--short-steps", "1", "--work", str(tmp_path), "--out"]
+    assert qwen_served.main([*argv, str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "qwen_served_cpu_smoke.csv").open()))
+    assert [r["variant"] for r in rows] == ["eager"]
+    assert float(rows[0]["end_to_end_s"]) > 0
+    assert (tmp_path / "checkpoint" / "model_index.json").is_file()
