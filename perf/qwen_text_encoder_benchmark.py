@@ -46,14 +46,19 @@ PROMPT = (
 )
 
 
-def build(tiny_dir: Path, device: str, dtype: torch.dtype, smoke: bool) -> torch.nn.Module:
+def build(
+    tiny_dir: Path, device: str, dtype: torch.dtype, smoke: bool, text_layers: int | None = None
+) -> torch.nn.Module:
+    """Qwen2.5-VL-7B's sizes (or, with `smoke`, the tiny checkpoint's) with random weights; `text_layers` keeps
+    that many of the 28 decoder layers (a benchmark whose disk cannot hold the whole model)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     config = Qwen2_5_VLConfig.from_pretrained(tiny_dir / "text_encoder")
     if not smoke:
-        for key, value in TEXT.items():
+        layers = text_layers or TEXT["num_hidden_layers"]
+        for key, value in {**TEXT, "num_hidden_layers": layers}.items():
             setattr(config.text_config, key, value)
-        config.text_config.layer_types = ["full_attention"] * TEXT["num_hidden_layers"]
+        config.text_config.layer_types = ["full_attention"] * layers
         config.text_config.rope_parameters["mrope_section"] = [16, 24, 24]  # head dim 128
         for key, value in VISION.items():
             setattr(config.vision_config, key, value)

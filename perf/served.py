@@ -4,7 +4,7 @@ the nvidia-pytriton wheel), driven over HTTP, timed from outside like a client w
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,14 @@ class Served:
     gpu_memory_gb: float  # device memory in use while serving
     warm_ready_s: float  # a second tritonserver start, compile caches on disk: start -> models loaded
     warm_first_image_s: float  # ... -> first image
+    seconds_at_steps: dict[int, float] = field(default_factory=dict)  # end to end at other step counts
 
 
-def _request(route: str, width: int, height: int) -> dict:
+def _request(route: str, width: int, height: int, steps: int | None = None) -> dict:
     """The benchmark's request (its prompt and seed, so the image compares with the eager one), route defaults."""
     values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height)
+    if steps is not None:
+        values["STEPS"] = steps
     task = ROUTES[route].task
     # text as bytes: triton_http sends it as UTF-8 in a UINT8 tensor
     return {s.name: (s.dtype, v.encode() if isinstance(v := values[s.name], str) else v) for s in PIPELINE_INPUTS[task]}
@@ -48,7 +51,12 @@ def run_served(
     height: int,
     repeats: int,
     log,  # noqa: ANN001
+    *,
+    steps: tuple[int, ...] = (),
+    restart: bool = True,
 ) -> Served:
+    """Serve `route` from `checkpoint_dir`: cold start, `repeats` timed requests at the route's steps (and at each of
+    `steps`, whose times land in Served.seconds_at_steps), then, with `restart`, a warm restart."""
     import torch
 
     checkpoint = ROUTES[route].checkpoint
@@ -75,13 +83,23 @@ def run_served(
             log("profile:\n" + "\n".join(profile[-6:]))
         free, total = torch.cuda.mem_get_info()
         log(f"served end to end: {[round(t, 3) for t in times]} s; model {out['MODEL'].tobytes().decode()}")
+        at_steps = {}
+        for n in steps:
+            other = _request(route, width, height, n)
+            infer(server.http_url, family.triton_pipeline, other)  # a new step count: schedulers, no compile
+            t1 = time.perf_counter()
+            infer(server.http_url, family.triton_pipeline, other)
+            at_steps[n] = time.perf_counter() - t1
+            log(f"served end to end at {n} steps: {at_steps[n]:.3f} s")
     finally:
         server.stop()
-    # A restart as a new container with the same Volume would see it: compiled artifacts cached on disk.
-    server, warm_ready_s, warm_first_image_s = _cold_start(
-        repository, work, family.triton_pipeline, request, "warm", log
-    )
-    server.stop()
+    warm_ready_s = warm_first_image_s = float("nan")
+    if restart:
+        # A restart as a new container with the same Volume would see it: compiled artifacts cached on disk.
+        server, warm_ready_s, warm_first_image_s = _cold_start(
+            repository, work, family.triton_pipeline, request, "warm", log
+        )
+        server.stop()
     return Served(
         end_to_end_s=float(np.median(times)),
         image=np.asarray(out["IMAGES"][0]),
@@ -90,6 +108,7 @@ def run_served(
         gpu_memory_gb=(total - free) / 2**30,
         warm_ready_s=warm_ready_s,
         warm_first_image_s=warm_first_image_s,
+        seconds_at_steps=at_steps,
     )
 
 
