@@ -48,7 +48,9 @@ def test_perf_analyzer_measures_one_transformer_step(triton: TritonServer, model
     from registry import component_of
 
     _, component = component_of("flux_dev_transformer")
-    onnx_path = model_repository / component.triton_model / "1" / "model.onnx"
+    # The version Triton serves (version_policy latest 1): each re-export of the component is a new one.
+    model_dir = model_repository / component.triton_model
+    onnx_path = model_dir / str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())) / "model.onnx"
     sizes = {"batch": 1, "image_tokens": 256, "t5_tokens": 512}
     shapes = perf_analyzer.component_shapes(component, onnx_path, sizes)
     assert shapes["hidden_states"][:2] == [1, 256] and shapes["img_ids"] == [256, 3] and shapes["guidance"] == [1]
