@@ -124,7 +124,7 @@ GPU_PYTHON_PACKAGES: tuple[str, ...] = (
 TENSORRT_PACKAGE = f"tensorrt-cu13=={TENSORRT_VERSION}"  # the registry's pin, which also names the plans
 NVIDIA_PYPI = "https://pypi.nvidia.com"  # where the tensorrt-cu13 wheels' libraries come from
 # Our packages, mounted into /root at container start (Python sources only); the Triton models import them too.
-OUR_PACKAGES = ("registry", "checkpoints", "export", "model_repository", "api", "stack")
+OUR_PACKAGES = ("registry", "checkpoints", "components", "export", "model_repository", "api", "stack")
 
 # Volumes: checkpoints (the hub cache), engines (ONNX, TensorRT plans, model repositories), compile caches.
 CHECKPOINTS_VOLUME_NAME = "ryla-checkpoints"

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
+from components.adapters import ADAPTERS, INITIALIZER_PREFIX, PARITY_SHAPES
+from components.lora_merge import merge_lora
 from registry import FAMILIES, LORAS, Component, Family
 
 from . import manifest as mf
-from .adapters import ADAPTERS, INITIALIZER_PREFIX, PARITY_SHAPES
-from .lora_merge import lora_hash, merge_lora
 from .onnx_export import OPTIONS, PARITY_LIMIT, ExportError, check_parity, export_onnx, max_errors
 
 # last_run values
@@ -135,7 +135,7 @@ def export_family(
             if component.merged_lora not in (loras or {}):
                 raise ExportError(f"{name}: merges LoRA {component.merged_lora!r}, which was not given")
             lora_file = Path(loras[component.merged_lora])
-            content = f"{content}+lora:{lora_hash(lora_file)}"
+            content = f"{content}+lora:{mf.lora_hash(lora_file)}"
         key = mf.artifact_key(
             content=content,
             component=_export_fields(component),
@@ -191,7 +191,7 @@ def export_family(
             "parameters": parameters,
             "initializer_prefix": INITIALIZER_PREFIX,
             **(
-                {"merged_lora": {"key": component.merged_lora, "sha256": lora_hash(lora_file)}}
+                {"merged_lora": {"key": component.merged_lora, "sha256": mf.lora_hash(lora_file)}}
                 if lora_file is not None
                 else {}
             ),

@@ -3,7 +3,7 @@ GEMM behind FP8 (E4M3FN) QuantizeLinear/DequantizeLinear nodes, the form TensorR
 GEMMs. TensorRT never picks FP8 by itself (tensorrt_build.require_fp8_qdq); this module writes what it needs.
 
 Which layers: the registry's Component.fp8_layers through the torch path's own rule
-(model_repository.accelerate.fp8_layer_names: Linear, matched, in use, in/out features multiples of 16), so the
+(components.fp8.fp8_layer_names: Linear, matched, in use, in/out features multiples of 16), so the
 torch GPU path and the TensorRT plan quantize the same linears.
 
 The graph, per selected Linear (y = x W^T + b, exported by torch's dynamo exporter as W -> Transpose -> MatMul, or
@@ -49,12 +49,12 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from model_repository.accelerate import fp8_layer_names
+from components.adapters import INITIALIZER_PREFIX
+from components.fp8 import fp8_layer_names
+from components.lora_merge import merge_lora
 from registry import CHECKPOINTS, LORAS, ROUTES, Component, Family, Task
 
 from . import manifest as mf
-from .adapters import INITIALIZER_PREFIX
-from .lora_merge import lora_hash, merge_lora
 
 E4M3_MAX = 448.0  # largest finite float8 e4m3fn
 QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FLOAT8 types from opset 19
@@ -181,8 +181,6 @@ def calibrate(
 
     The component's module is the pipeline's own (`pipe.<role>`, a merged LoRA fused in as the export does), so the
     layers are named as in the exported graph minus the adapter prefix."""
-    from model_repository.pipelines import guidance_kwargs  # the route's cfg -> pipeline arguments, as served
-
     if family.task is not Task.TEXT_TO_IMAGE:
         raise QdqError(
             f"{component.triton_model}: calibration runs text-to-image pipelines only; {family.pipeline_class} needs "
@@ -203,7 +201,7 @@ def calibrate(
         f"{component.triton_model}: calibrating {len(layers)} layers on {len(settings.prompts)} prompts x "
         f"{settings.steps} steps at {settings.width}x{settings.height} ({device}, {dtype})"
     )
-    extra = guidance_kwargs(CHECKPOINTS[checkpoint], settings.cfg, "")
+    extra = CHECKPOINTS[checkpoint].guidance_kwargs(settings.cfg, "")  # the route's cfg as served
 
     def run() -> None:
         for i, prompt in enumerate(settings.prompts):
@@ -496,7 +494,7 @@ def build_qdq_onnx(
         if component.merged_lora not in (loras or {}):
             raise QdqError(f"{name}: merges LoRA {component.merged_lora!r}, which was not given")
         lora_file = Path(loras[component.merged_lora])
-        content = f"{content}+lora:{lora_hash(lora_file)}"
+        content = f"{content}+lora:{mf.lora_hash(lora_file)}"
     settings = (calibration or Calibration()).resolved(checkpoint)
     key = qdq_key(source_entry, content, settings, component.fp8_layers)
     out = qdq_path(qdq_dir, component)

@@ -9,7 +9,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-EXPORTER_VERSION = 3  # bump when our adapters or export steps change what an export produces
+EXPORTER_VERSION = 4  # bump when our adapters or export steps change what an export produces
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "diffusers", "transformers")
 
@@ -68,3 +68,8 @@ def save(out_dir: Path, manifest: dict) -> None:
 def is_fresh(entry: dict | None, key: str, artifact: Path) -> bool:
     """The recorded artifact was built from the same inputs and is still the file that was built."""
     return bool(entry) and entry.get("key") == key and artifact.exists() and file_sha256(artifact) == entry["sha256"]
+
+
+def lora_hash(lora_file: Path) -> str:
+    """sha256 of a LoRA file's bytes: what the manifests record, so a changed LoRA rebuilds what merged it."""
+    return file_sha256(Path(lora_file))

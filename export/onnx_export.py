@@ -11,9 +11,8 @@ import numpy as np
 import onnx
 import torch
 
+from components.adapters import Adapter, Shape
 from registry import Component, Family
-
-from .adapters import Adapter, Shape
 
 OPSET = 18
 PARITY_LIMIT = 1e-4  # float32 here; anything larger is a wrong graph, not float noise

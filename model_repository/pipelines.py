@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from registry import CHECKPOINTS, FAMILIES, Checkpoint, Guidance, Task, invalid_request_message
+from registry import CHECKPOINTS, FAMILIES, Task, invalid_request_message
 
 from .processors import load_processor
 from .proxies import ComponentClient, proxies_for
@@ -78,17 +78,6 @@ class GenerationRequest:
     reference_images: tuple[np.ndarray, ...] = ()
     mask_image: np.ndarray | None = None  # H x W uint8, 255 = repaint
     denoise: float = 1.0
-
-
-def guidance_kwargs(checkpoint: Checkpoint, cfg: float, negative_prompt: str) -> dict[str, Any]:
-    """Map the route's `cfg` knob onto the pipeline's arguments (api.md, "Routes")."""
-    if checkpoint.guidance is Guidance.DISTILLED:
-        # Guidance-distilled: cfg feeds the guidance embedding; one transformer pass per step, no negative prompt.
-        return {"guidance_scale": cfg, "true_cfg_scale": 1.0}
-    if checkpoint.guidance is Guidance.NONE_OR_TRUE_CFG and cfg <= 1.0:
-        return {"true_cfg_scale": 1.0}
-    # True CFG against negative_prompt (empty when none was sent), two passes per step; none at cfg <= 1.
-    return {"true_cfg_scale": cfg, "negative_prompt": negative_prompt}
 
 
 def _pipeline_module(pipe: Any) -> Any:
@@ -219,7 +208,7 @@ class Pipelines:
             "num_images_per_prompt": request.num_images,
             "max_sequence_length": checkpoint.max_sequence_length,
             "output_type": "np",
-            **guidance_kwargs(checkpoint, request.cfg, request.negative_prompt),
+            **checkpoint.guidance_kwargs(request.cfg, request.negative_prompt),
         }
         kwargs |= self._task_kwargs(pipe, request, generator)
         result = pipe(generator=generator, **kwargs)

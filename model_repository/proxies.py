@@ -18,7 +18,7 @@ import torch
 from diffusers.configuration_utils import FrozenDict
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from export.qwen_rope import QwenRope, modulate_index_of
+from components.qwen_rope import QwenRope, modulate_index_of
 from registry import Component
 
 _TORCH = {"FP32": torch.float32, "INT64": torch.int64, "INT32": torch.int32}
@@ -129,7 +129,7 @@ class HiddenStatesTextEncoderProxy(ComponentProxy):
 
 class QwenTransformerProxy(ComponentProxy):
     """Qwen-Image's transformer: `img_shapes` (a Python list) becomes the real cos/sin rotary tables and, for
-    zero_cond_t models, the modulate index, computed here once per shape (export/qwen_rope.py).
+    zero_cond_t models, the modulate index, computed here once per shape (components/qwen_rope.py).
 
     True CFG as one batch of two where the shapes allow: the stock pipelines call the transformer twice per step,
     inside `cache_context("cond")` then `("uncond")`, with the same latents and the same two prompt embeddings every

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import triton_python_backend_utils as pb_utils
 
-from export.adapters import ADAPTERS
-from export.lora_merge import merge_lora
+from components.adapters import ADAPTERS
+from components.lora_merge import merge_lora
 from registry import LORAS, component_of
 
 from .accelerate import Acceleration, accelerate, enable_compile_cache

@@ -1,7 +1,7 @@
 """Qwen-Image-2512 on one GPU, side by side in one run: the plain diffusers QwenImagePipeline in eager BF16 (the
 baseline: two transformer passes per step for true CFG) against our serving path in-process: the pipeline's
 transformer is our QwenTransformerProxy (CFG as one batch of two, real-arithmetic RoPE tables) calling the module
-our torch runtime serves (export.adapters.QwenTransformer), then the same with FP8 linears and compiled blocks.
+our torch runtime serves (components.adapters.QwenTransformer), then the same with FP8 linears and compiled blocks.
 
 Full-size Qwen-Image transformer (20B) and VAE with random weights, built on the GPU in BF16 from the real configs.
 The Qwen2.5-VL text encoder runs once per request and is left out: prompt embeddings are given (64 and 16 tokens).
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 step = lambda: stock(**step_inputs)  # noqa: E731
             else:
                 if served is None:  # from here on the pipeline runs our serving path
-                    from export.adapters import QwenTransformer
-                    from export.qwen_rope import QwenRope
+                    from components.adapters import QwenTransformer
+                    from components.qwen_rope import QwenRope
 
                     served = QwenTransformer(stock)  # the module our torch runtime serves (real-arithmetic RoPE)
                     _, component = component_of("qwen_image_transformer")

@@ -141,7 +141,7 @@ def _qwen_text_encoder(triton_model: str, checkpoints: tuple[str, ...], vision: 
 
 
 def _qwen_transformer(triton_model: str, checkpoints: tuple[str, ...], zero_cond_t: bool, **kw: object) -> Component:
-    """The rotary tables enter as real cos/sin pairs computed by the pipeline process (export/qwen_rope.py): ONNX
+    """The rotary tables enter as real cos/sin pairs computed by the pipeline process (components/qwen_rope.py): ONNX
     carries no complex numbers, and image size and text length stay dynamic."""
     return Component(
         triton_model=triton_model,

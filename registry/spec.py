@@ -78,6 +78,16 @@ class Checkpoint:
     # sigma schedule), as (key, value) pairs.
     scheduler_overrides: tuple[tuple[str, object], ...] = ()
 
+    def guidance_kwargs(self, cfg: float, negative_prompt: str) -> dict[str, object]:
+        """The route's `cfg` knob as this checkpoint's diffusers pipeline takes it (api.md, "Routes")."""
+        if self.guidance is Guidance.DISTILLED:
+            # Guidance-distilled: cfg feeds the guidance embedding; one transformer pass per step, no negative prompt.
+            return {"guidance_scale": cfg, "true_cfg_scale": 1.0}
+        if self.guidance is Guidance.NONE_OR_TRUE_CFG and cfg <= 1.0:
+            return {"true_cfg_scale": 1.0}
+        # True CFG against negative_prompt (empty when none was sent), two passes per step; none at cfg <= 1.
+        return {"true_cfg_scale": cfg, "negative_prompt": negative_prompt}
+
 
 @dataclass(frozen=True)
 class Component:
@@ -107,8 +117,8 @@ class Component:
     profile_dims: tuple[Dim, ...] = ()
     # The linears that run in FP8 when precision is "fp8": a regular expression, full match, over the names of the
     # diffusers module's named_modules() ("transformer_blocks.0.attn.to_q"; no adapter prefix). One choice for every
-    # runtime: the torch GPU path (model_repository/accelerate.py) and the TensorRT Q/DQ graph (export/fp8_qdq.py)
-    # both read it, then keep only Linears in use whose in/out features are multiples of 16 (FP8 GEMM sizes).
+    # runtime: the torch GPU path (components/fp8.py) and the TensorRT Q/DQ graph (export/fp8_qdq.py) both read
+    # it, then keep only Linears in use whose in/out features are multiples of 16 (FP8 GEMM sizes).
     fp8_layers: str | None = None
 
     def __post_init__(self) -> None:

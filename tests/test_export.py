@@ -15,9 +15,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 
+from components.adapters import ADAPTERS, flux_shape
 from export import EXPORTER_VERSION, ExportError, ParityError, content_hash, export_family
 from export.__main__ import main as export_main
-from export.adapters import ADAPTERS, flux_shape
 from export.manifest import file_sha256
 from export.onnx_export import check_parity, contiguous_group_norms
 from registry import FAMILIES, checkpoints_of

@@ -13,10 +13,11 @@ import torch
 from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
 from safetensors.torch import load_file, save_file
 
-from export.adapters import ADAPTERS, PARITY_SHAPES, qwen_img_shapes, qwen_shape
-from export.lora_merge import lora_hash, merge_lora
+from components.adapters import ADAPTERS, PARITY_SHAPES, qwen_img_shapes, qwen_shape
+from components.lora_merge import merge_lora
+from components.qwen_rope import QwenRope, modulate_index_of
+from export.manifest import lora_hash
 from export.onnx_export import PARITY_LIMIT, export_onnx, max_errors
-from export.qwen_rope import QwenRope, modulate_index_of
 from registry import Component, Dim, Family, Task, TensorSpec
 
 TINY_TRANSFORMER = {

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from diffusers import FluxPipeline
 from onnx import numpy_helper
 
+from components.adapters import ADAPTERS, INITIALIZER_PREFIX
+from components.fp8 import fp8_layer_names
 from export import fp8_qdq as fq
 from export import manifest as mf
 from export import tensorrt_build as tb
-from export.adapters import ADAPTERS, INITIALIZER_PREFIX
-from model_repository.accelerate import fp8_layer_names
 from registry import FAMILIES
 
 FLUX = FAMILIES["flux"]
@@ -271,7 +271,7 @@ def test_qwen_fast_transformer_with_its_merged_lora(model_repository: Path, stac
     """Qwen-Image's Lightning transformer: calibrated through QwenImagePipeline with the LoRA merged and Lightning's
     sampler; its last block's text-stream linears are dead code in the export and skipped; the graph runs."""
     from checkpoints import resolve, resolve_lora
-    from export.adapters import qwen_shape
+    from components.adapters import qwen_shape
 
     family = FAMILIES["qwen-image"]
     fast = next(c for c in family.components if c.triton_model == "qwen_image_fast_transformer")

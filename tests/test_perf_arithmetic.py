@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel
 
-from model_repository.accelerate import Fp8Linear, fp8_layer_names
+from components.fp8 import Fp8Linear, fp8_layer_names
 from perf import gpu_benchmark
 from perf.metrics import cost_usd, mfu, psnr, speedup
 from registry import component_of

@@ -1,7 +1,8 @@
 """Merge a LoRA into a diffusers transformer at build time, with diffusers' own loading and key conversion.
 
 The result is a plain module (no PEFT layers left) with the same parameter names as the base, so the exported ONNX
-has the same initializer names and a refit or a manifest compares like with like; `lora_hash` keys the artifact.
+has the same initializer names and a refit or a manifest compares like with like (export/ keys the artifact by the
+LoRA file's hash).
 """
 
 from __future__ import annotations
@@ -10,15 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .manifest import file_sha256
-
 ADAPTER_NAME = "merged"  # transient: loaded, fused, then unloaded within merge_lora
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".lora_magnitude_vector")
-
-
-def lora_hash(lora_file: Path) -> str:
-    """sha256 of the LoRA file's bytes: what the manifest records, so a changed LoRA rebuilds the engine."""
-    return file_sha256(Path(lora_file))
 
 
 def _pipeline_class(name: str) -> type:

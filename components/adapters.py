@@ -102,7 +102,7 @@ class VaeDecoder(Wrapped):
 
 
 class QwenTransformer(Wrapped):
-    """Qwen-Image's transformer on tensors only: the rotary tables come in as cos/sin inputs (export/qwen_rope.py)
+    """Qwen-Image's transformer on tensors only: the rotary tables come in as cos/sin inputs (components/qwen_rope.py)
     instead of being computed from the pipeline's Python `img_shapes`; the stock forward runs otherwise.
 
     timestep is already divided by 1000 and encoder_hidden_states_mask is the pipeline's prompt_embeds_mask (all
