@@ -50,7 +50,10 @@ class TritonPythonModel:
             self.device = torch.device("cpu")
             self.module = module.float().eval()
         self.profile = os.environ.get("RYLA_PROFILE_BLS") == "1"
-        self.compute_s, self.calls = 0.0, 0
+        self.compute_s, self.launch_s, self.calls = 0.0, 0.0, 0
+        if self.profile:
+            cpus = len(os.sched_getaffinity(0))
+            pb_utils.Logger.log_info(f"{args['model_name']}: {cpus} CPUs, torch threads {torch.get_num_threads()}")
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
         pb_utils.Logger.log_info(f"{args['model_name']}: ready in {time.perf_counter() - t0:.1f}s")
@@ -71,12 +74,15 @@ class TritonPythonModel:
                         torch.compiler.cudagraph_mark_step_begin()
                     outputs = self.module(*inputs)
                 if self.profile and self.device.type == "cuda":
+                    # launch: until the forward returns (the CPU queueing kernels); compute: until the GPU is done.
+                    self.launch_s += time.perf_counter() - t0
                     torch.cuda.synchronize()
                     self.compute_s += time.perf_counter() - t0
                     self.calls += 1
                     if self.calls % 28 == 0:
                         pb_utils.Logger.log_info(
                             f"{self.component.triton_model}: {self.calls} calls, compute {self.compute_s * 1000:.0f} ms"
+                            f" (launch {self.launch_s * 1000:.0f} ms)"
                         )
                 outputs = outputs if isinstance(outputs, tuple) else (outputs,)
                 if self.cuda_graphs:
