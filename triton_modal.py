@@ -476,9 +476,11 @@ class NgcTriton(TritonInstall):
     def lay_out_backends(self, backends_dir: Path) -> Path:
         return backends_dir
 
-    def env(self) -> dict[str, str]:
+    def env(self, backends_dir: Path | None = None) -> dict[str, str]:
         env = dict(os.environ)
-        # As for the local stack: the interpreter whose packages the stubs import comes first on PATH.
+        # As for the local stack: the interpreter whose packages the stubs import comes first on PATH. The image's
+        # stub links the image's libpython already: LD_LIBRARY_PATH stays the image's, so no system folder shadows
+        # the CUDA libraries torch bundles (stack/triton_server.py says what that costs).
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         return env
 

@@ -23,6 +23,15 @@ from registry import LORAS, component_of
 from .accelerate import Acceleration, accelerate, enable_compile_cache
 
 
+def _check_cudnn(model_name: str) -> None:
+    """Say loudly when this process cannot use the cuDNN torch was built with: torch then falls back to other
+    attention kernels without a word (a system cuDNN first on LD_LIBRARY_PATH cost Qwen-Image 20 % per step)."""
+    try:
+        torch.backends.cudnn.version()
+    except RuntimeError as exc:
+        pb_utils.Logger.log_error(f"{model_name}: cuDNN unusable, attention runs on slower kernels: {exc}")
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -37,6 +46,7 @@ class TritonPythonModel:
         self.cuda_graphs = False
         if gpu:
             self.device = torch.device("cuda", int(args.get("model_instance_device_id", 0)))
+            _check_cudnn(args["model_name"])
             enable_compile_cache(
                 Path(params.get("compile_cache", os.environ.get("RYLA_COMPILE_CACHE", "/tmp/ryla-inductor")))
             )
@@ -51,12 +61,24 @@ class TritonPythonModel:
             self.module = module.float().eval()
         self.profile = os.environ.get("RYLA_PROFILE_BLS") == "1"
         self.compute_s, self.launch_s, self.calls = 0.0, 0.0, 0
+        # RYLA_PROFILE_TRACE_CALL=n (with RYLA_PROFILE_BLS=1): the n-th call runs under torch.profiler and its
+        # busiest GPU kernels go to the log, to compare a served call with the same module in-process.
+        self.trace_call = int(os.environ.get("RYLA_PROFILE_TRACE_CALL", "0")) if self.profile else 0
         if self.profile:
             cpus = len(os.sched_getaffinity(0))
             pb_utils.Logger.log_info(f"{args['model_name']}: {cpus} CPUs, torch threads {torch.get_num_threads()}")
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
         pb_utils.Logger.log_info(f"{args['model_name']}: ready in {time.perf_counter() - t0:.1f}s")
+
+    def _traced(self, inputs: list[torch.Tensor]) -> object:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as trace:
+            outputs = self.module(*inputs)
+            torch.cuda.synchronize()
+        table = trace.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+        pb_utils.Logger.log_info(f"{self.component.triton_model}: call {self.trace_call} under torch.profiler\n{table}")
+        return outputs
 
     def execute(self, requests: list) -> list:
         responses = []
@@ -72,7 +94,8 @@ class TritonPythonModel:
                     if self.cuda_graphs:
                         # A new step: the graph may overwrite its previous outputs (already sent, see below).
                         torch.compiler.cudagraph_mark_step_begin()
-                    outputs = self.module(*inputs)
+                    traced = self.calls + 1 == self.trace_call
+                    outputs = self._traced(inputs) if traced else self.module(*inputs)
                 if self.profile and self.device.type == "cuda":
                     # launch: until the forward returns (the CPU queueing kernels); compute: until the GPU is done.
                     self.launch_s += time.perf_counter() - t0

@@ -30,6 +30,11 @@ def pytriton_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def libpython_dir(backends_dir: Path) -> Path:
+    """A folder holding only a link to this interpreter's libpython, for the python-backend stub to find first."""
+    return backends_dir / "python" / "libpython"
+
+
 @dataclass(frozen=True)
 class TritonInstall:
     binary: Path
@@ -49,7 +54,8 @@ class TritonInstall:
         )
 
     def lay_out_backends(self, backends_dir: Path) -> Path:
-        """Copy the python backend and the stub for this Python into `backends_dir/python`."""
+        """Copy the python backend and the stub for this Python into `backends_dir/python`, and link this
+        interpreter's libpython into `backends_dir/python/libpython` (see `env`)."""
         python_dir = backends_dir / "python"
         python_dir.mkdir(parents=True, exist_ok=True)
         for src in (
@@ -60,14 +66,26 @@ class TritonInstall:
             dst = python_dir / src.name
             if not dst.exists() or dst.stat().st_size != src.stat().st_size:
                 shutil.copy2(src, dst)
+        soname = sysconfig.get_config_var("INSTSONAME") or ""
+        libpython = Path(sysconfig.get_config_var("LIBDIR") or "") / soname
+        if soname and libpython.is_file():
+            link = libpython_dir(backends_dir) / soname
+            link.parent.mkdir(exist_ok=True)
+            if link.is_symlink() and link.resolve() != libpython.resolve():
+                link.unlink()
+            if not link.is_symlink():
+                link.symlink_to(libpython)
         return backends_dir
 
-    def env(self) -> dict[str, str]:
+    def env(self, backends_dir: Path | None = None) -> dict[str, str]:
         env = dict(os.environ)
-        # The stub links libpython3.X.so by soname. Without this interpreter's own LIBDIR first it can pick up the
-        # system's libpython of another patch release, and stdlib extensions of this one then fail to import.
-        libdir = sysconfig.get_config_var("LIBDIR") or ""
-        paths = (libdir, str(self.libs), env.get("LD_LIBRARY_PATH", ""))
+        # The stub links libpython3.X.so by soname; without this interpreter's own first it can pick up the system's
+        # libpython of another patch release, and stdlib extensions of this one then fail to import. Only that one
+        # library goes first (a folder holding a link to it), not the interpreter's LIBDIR: that can be
+        # /usr/lib/x86_64-linux-gnu, whose cuDNN (9.14 on the GPU machine) then shadows the one torch bundles (9.19),
+        # and torch silently loses cuDNN attention (measured: 0.96 -> 1.66 ms per Qwen-Image block, flash instead).
+        own = libpython_dir(backends_dir) if backends_dir is not None else None
+        paths = (str(own) if own and own.is_dir() else "", str(self.libs), env.get("LD_LIBRARY_PATH", ""))
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         return env
@@ -123,7 +141,11 @@ class TritonServer:
         self.install.lay_out_backends(self.backends_dir)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by Popen
         self.process = subprocess.Popen(
-            self.command(), env=self.install.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(),
+            env=self.install.env(self.backends_dir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 

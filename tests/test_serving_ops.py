@@ -56,3 +56,22 @@ def test_perf_analyzer_measures_one_transformer_step(triton: TritonServer, model
     assert shapes["hidden_states"][:2] == [1, 256] and shapes["img_ids"] == [256, 3] and shapes["guidance"] == [1]
     row = perf_analyzer.run_component(component, onnx_path, sizes, triton.grpc_url, tmp_path, request_count=2)
     assert row["Inferences/Second"] > 0
+
+
+def test_the_stub_finds_this_interpreters_libpython_first_and_nothing_else_of_its_folder(tmp_path: Path) -> None:
+    """Only a link to libpython goes before the libraries torch bundles: the interpreter's LIBDIR can be a system
+    folder with another cuDNN, which cost the served Qwen-Image transformer its cuDNN attention on the GPU machine."""
+    import os
+    import sysconfig
+
+    from stack.triton_server import TritonInstall
+
+    install = TritonInstall.from_pytriton()
+    install.lay_out_backends(tmp_path)
+    first = Path(install.env(tmp_path)["LD_LIBRARY_PATH"].split(os.pathsep)[0])
+    soname = sysconfig.get_config_var("INSTSONAME")
+    assert [p.name for p in first.iterdir()] == [soname]
+    assert (first / soname).resolve() == (Path(sysconfig.get_config_var("LIBDIR")) / soname).resolve()
+    ambient = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    entries = install.env(tmp_path)["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert sysconfig.get_config_var("LIBDIR") not in entries or sysconfig.get_config_var("LIBDIR") in ambient
