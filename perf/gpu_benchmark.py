@@ -319,7 +319,14 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
 
     route = next(r for r in ROUTES.values() if r.checkpoint == f"flux-{model}")
     served = run_served(
-        route.path, checkpoint_dir, args.work / f"served-{model}", args.width, args.height, args.e2e_repeats, log
+        route.path,
+        checkpoint_dir,
+        args.work / f"served-{model}",
+        args.width,
+        args.height,
+        args.e2e_repeats,
+        log,
+        restart=not args.no_restart,
     )
     row = Row(
         device=device,
@@ -355,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("perf/results/local"))
     parser.add_argument("--served", action="store_true", help="also time our GPU profile served by a real Triton")
+    parser.add_argument("--no-restart", action="store_true", help="served: skip the warm-restart timing")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ryla-bench")
     parser.add_argument("--compile-cache", type=Path, default=Path(tempfile.gettempdir()) / "ryla-inductor")
     args = parser.parse_args(argv)
