@@ -145,6 +145,8 @@ def test_edit_with_a_reference_image_equals_diffusers(client: httpx.Client) -> N
         height=height,
     )
     assert max_diff(served, expected) <= MAX_PIXEL_DIFF
+    again = client.post("/qwen-image-edit-2511", json=body)
+    assert again.status_code == 200 and again.content == r.content  # same inputs and seed: the same bytes
 
 
 def test_edit_denoise_starts_from_the_source(client: httpx.Client) -> None:
@@ -196,6 +198,8 @@ def test_inpaint_equals_diffusers(client: httpx.Client) -> None:
         strength=1.0,
     )
     assert max_diff(decode(r.content), expected) <= MAX_PIXEL_DIFF
+    again = client.post("/qwen-image-inpaint-2511", json=body)
+    assert again.status_code == 200 and again.content == r.content  # same inputs and seed: the same bytes
 
 
 def test_mask_of_another_size_is_422(client: httpx.Client) -> None:
