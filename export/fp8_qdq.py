@@ -36,7 +36,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import gc
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -403,15 +402,6 @@ def insert_qdq(
     return {"layers": len(sites), "gemms": gemms, "qdq_nodes": 4 * gemms, "absent": absent}
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)  # tens of GB of weights: share the export's file, do not copy it
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def write_qdq_onnx(source: Path, dest: Path, amax: Mapping[str, float]) -> dict[str, Any]:
     """`source` (an export/ graph, weights inline or beside it) -> `dest` with FP8 Q/DQ on the layers of `amax`.
     External weight files are linked beside `dest` under their own names, so the references in the graph hold."""
@@ -427,7 +417,7 @@ def write_qdq_onnx(source: Path, dest: Path, amax: Mapping[str, float]) -> dict[
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     for location in locations:
-        _link_or_copy(source.parent / location, dest.parent / location)
+        mf.place_file(source.parent / location, dest.parent / location)  # shared with the export, not copied
     onnx.save(model, str(dest))
     onnx.checker.check_model(str(dest), full_check=True)  # types and shapes of every new node, FP8 included
     return counts

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -73,3 +74,18 @@ def is_fresh(entry: dict | None, key: str, artifact: Path) -> bool:
 def lora_hash(lora_file: Path) -> str:
     """sha256 of a LoRA file's bytes: what the manifests record, so a changed LoRA rebuilds what merged it."""
     return file_sha256(Path(lora_file))
+
+
+def place_file(src: Path, dst: Path) -> bool:
+    """Hard-link an artifact to `dst` (no copy of multi-GB files), copying across file systems; True when `dst` now
+    holds other bytes than before."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        if dst.stat().st_ino == src.stat().st_ino:
+            return False
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return True

@@ -7,12 +7,12 @@ folder gets a one-line model.py that imports it, its generated config.pbtxt, and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.manifest import place_file
 from registry import FAMILIES, PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX, Component, checkpoints_of
 
 from .config import component_config, pipeline_config
@@ -28,20 +28,6 @@ _SHIM = (
 class CheckpointSource:
     path: Path
     label: str  # "local:<path>" or "hub:<id>@<revision>"
-
-
-def _place(src: Path, dst: Path) -> bool:
-    """Hard-link an artifact into the repository (no copy of multi-GB files), copying across file systems; True
-    when `dst` now holds other bytes than before."""
-    if dst.exists():
-        if dst.stat().st_ino == src.stat().st_ino:
-            return False
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return True
 
 
 def _write(path: Path, text: str) -> bool:
@@ -93,7 +79,7 @@ def _component(
         _write(version_dir / "model.py", _SHIM.format(module="model_repository.component_model"))
         for f in artifact_dir.iterdir():
             if f.is_file():
-                changed |= _place(f, version_dir / f.name)
+                changed |= place_file(f, version_dir / f.name)
         _prune(model_dir, keep={str(version), str(version - 1)})
     elif runtime == "torch":
         # The module loads from its checkpoint subfolder at model load; nothing is exported.
@@ -117,7 +103,7 @@ def _component(
         changed |= _write(model_dir / "config.pbtxt", component_config(component, profile))
         version_dir.mkdir(parents=True, exist_ok=True)
         for plan in plans:
-            changed |= _place(plan, version_dir / plan.name)
+            changed |= place_file(plan, version_dir / plan.name)
     else:
         raise NotImplementedError(f"{component.triton_model}: no layout for runtime {runtime!r}")
     return changed
