@@ -90,6 +90,17 @@ def _export_one(
     return {"parity": parity, "export_s": round(export_s, 2), "parity_s": round(parity_s, 2)}, parameters
 
 
+def with_merged_lora(component: Component, content: str, loras: Mapping[str, Path] | None) -> tuple[Path | None, str]:
+    """The LoRA file `component` merges at build time (None without one) and its checkpoint `content` hash extended
+    by that file's hash, so a changed LoRA rebuilds what merged it."""
+    if not component.merged_lora:
+        return None, content
+    if component.merged_lora not in (loras or {}):
+        raise ExportError(f"{component.triton_model}: merges LoRA {component.merged_lora!r}, which was not given")
+    lora_file = Path(loras[component.merged_lora])
+    return lora_file, f"{content}+lora:{mf.lora_hash(lora_file)}"
+
+
 def export_family(
     family: str,
     checkpoint_dirs: Mapping[str, Path],
@@ -129,13 +140,7 @@ def export_family(
             _log(f"{name}: runs in torch on every profile, nothing to export")
             last_run[name] = TORCH_ONLY
             continue
-        content = contents[name]
-        lora_file = None
-        if component.merged_lora:
-            if component.merged_lora not in (loras or {}):
-                raise ExportError(f"{name}: merges LoRA {component.merged_lora!r}, which was not given")
-            lora_file = Path(loras[component.merged_lora])
-            content = f"{content}+lora:{mf.lora_hash(lora_file)}"
+        lora_file, content = with_merged_lora(component, contents[name], loras)
         key = mf.artifact_key(
             content=content,
             component=_export_fields(component),

@@ -54,6 +54,8 @@ from components.lora_merge import merge_lora
 from registry import CHECKPOINTS, LORAS, ROUTES, Component, Family, Task
 
 from . import manifest as mf
+from .family import with_merged_lora
+from .onnx_export import ExportError
 
 E4M3_MAX = 448.0  # largest finite float8 e4m3fn
 QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FLOAT8 types from opset 19
@@ -79,7 +81,7 @@ DEFAULT_PROMPTS = (
 )
 
 
-class QdqError(RuntimeError):
+class QdqError(ExportError):
     pass
 
 
@@ -478,13 +480,7 @@ def build_qdq_onnx(
     if not present:
         raise QdqError(f"{name}: calibration runs its pipeline, and none of {list(component.checkpoints)} was given")
     checkpoint, checkpoint_dir = present[0], Path(checkpoint_dirs[present[0]])
-    lora_file = None
-    content = mf.content_hash(checkpoint_dir)
-    if component.merged_lora:
-        if component.merged_lora not in (loras or {}):
-            raise QdqError(f"{name}: merges LoRA {component.merged_lora!r}, which was not given")
-        lora_file = Path(loras[component.merged_lora])
-        content = f"{content}+lora:{mf.lora_hash(lora_file)}"
+    lora_file, content = with_merged_lora(component, mf.content_hash(checkpoint_dir), loras)
     settings = (calibration or Calibration()).resolved(checkpoint)
     key = qdq_key(source_entry, content, settings, component.fp8_layers)
     out = qdq_path(qdq_dir, component)
