@@ -69,10 +69,12 @@ class RepositoryWatcher:
     def _fingerprints(self) -> dict[str, str | None]:
         return {name: model_fingerprint(self.triton.repository / name) for name in self.models}
 
+    def _changed(self, now: dict[str, str | None]) -> list[str]:
+        return load_order(name for name in self.models if now[name] is not None and now[name] != self.loaded[name])
+
     def stale(self) -> list[str]:
         """The models whose folders differ from what Triton loaded, in load order (no refresh)."""
-        now = self._fingerprints()
-        return load_order(name for name in self.models if now[name] is not None and now[name] != self.loaded[name])
+        return self._changed(self._fingerprints())
 
     def poll(self) -> list[str]:
         """Refresh, then load every changed model; returns those Triton now serves anew. A load that fails is logged
@@ -84,15 +86,15 @@ class RepositoryWatcher:
                 return []
         done = []
         failed = False
-        for name in self.stale():
-            fingerprint = model_fingerprint(self.triton.repository / name)
+        now = self._fingerprints()
+        for name in self._changed(now):
             try:
                 self.triton.load_model(name)
             except RuntimeError as exc:
                 _log(f"{name}: new version failed to load, the old one keeps serving: {exc}")
                 failed = True
                 continue
-            self.loaded[name] = fingerprint
+            self.loaded[name] = now[name]
             done.append(name)
             _log(f"{name}: new version loaded and serving")
         if self.marker is not None and not failed:
