@@ -49,7 +49,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from components.adapters import INITIALIZER_PREFIX
-from components.fp8 import fp8_layer_names
+from components.fp8 import E4M3_MAX, fp8_layer_names
 from components.lora_merge import merge_lora
 from registry import CHECKPOINTS, LORAS, ROUTES, Component, Family, Task
 
@@ -57,7 +57,6 @@ from . import manifest as mf
 from .family import with_merged_lora
 from .onnx_export import ExportError
 
-E4M3_MAX = 448.0  # largest finite float8 e4m3fn
 QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FLOAT8 types from opset 19
 QDQ_VERSION = 1  # bump when this module changes what it writes (part of every Q/DQ graph's key)
 QDQ_DIR = "fp8_qdq"  # under the export folder: <onnx_dir>/fp8_qdq/<triton_model>/model.onnx + manifest.json
