@@ -10,8 +10,10 @@
 #   only the group's models loaded, warms every route up, and serves `api/` (the product's REST contract) as an
 #   ASGI web endpoint.
 #
-# Nothing here names a route, a checkpoint or a group: adding one to `registry/catalog.py` adds its build function
-# and its serving class the next time this file is deployed.
+# The serving classes and build functions are written out at the end of this file, one of each per app group: Modal
+# finds them by their global names. Everything they serve (routes, checkpoints, models, resources) comes from the
+# registry, so a new route of an existing group needs nothing here; a new app group needs its two entries (a test
+# fails until it has them).
 #
 # ```sh
 # modal run triton_modal.py::build_flux          # once per checkpoint or engine change (GPU, long)
@@ -22,7 +24,7 @@
 # Before the first build:
 #
 # ```sh
-# modal secret create ryla-hf-token HF_TOKEN=hf_...            # gated repos (FLUX.1-dev) need an accepted licence
+# modal secret create ryla-hf-token HF_TOKEN=hf_...            # gated repos need an accepted licence
 # modal secret create ryla-api-keys RYLA_API_KEYS=key1,key2    # the product's API keys; deploy refuses without
 # ```
 #
@@ -30,7 +32,7 @@
 # the served weights change without a rebuild). To pin one, look its commit up and write it into the registry:
 #
 # ```sh
-# python -c "from huggingface_hub import HfApi; print(HfApi().model_info('black-forest-labs/FLUX.1-dev').sha)"
+# python -c "from huggingface_hub import HfApi; print(HfApi().model_info('<hub id>').sha)"
 # ```
 #
 # (`modal run triton_modal.py::build_flux --allow-unpinned` builds a one-off from "main"; the repository then records
@@ -39,8 +41,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import os
 import re
@@ -58,8 +58,6 @@ from registry import (
     GROUPS,
     TENSORRT_VERSION,
     AppGroup,
-    Route,
-    Task,
     family_of,
     pipeline_model_of,
     routes_of,
@@ -124,7 +122,17 @@ GPU_PYTHON_PACKAGES: tuple[str, ...] = (
 TENSORRT_PACKAGE = f"tensorrt-cu13=={TENSORRT_VERSION}"  # the registry's pin, which also names the plans
 NVIDIA_PYPI = "https://pypi.nvidia.com"  # where the tensorrt-cu13 wheels' libraries come from
 # Our packages, mounted into /root at container start (Python sources only); the Triton models import them too.
-OUR_PACKAGES = ("registry", "checkpoints", "components", "export", "model_repository", "api", "stack")
+OUR_PACKAGES = (
+    "registry",
+    "families",
+    "artifacts",
+    "checkpoints",
+    "components",
+    "export",
+    "model_repository",
+    "api",
+    "stack",
+)
 
 # Volumes: checkpoints (the hub cache), engines (ONNX, TensorRT plans, model repositories), compile caches.
 CHECKPOINTS_VOLUME_NAME = "ryla-checkpoints"
@@ -298,14 +306,6 @@ class GroupDirs:
         return Path(ENGINES_DIR) / self.group
 
     @property
-    def onnx(self) -> Path:
-        return self.root / "onnx"
-
-    @property
-    def plans(self) -> Path:
-        return self.root / "plans"
-
-    @property
     def repository(self) -> Path:
         return self.root / "model_repository"
 
@@ -383,73 +383,36 @@ def build_group(group: str, force: bool = False, allow_unpinned: bool = False) -
 
 
 def _build_group(group: str, force: bool) -> dict[str, Any]:
-    from checkpoints.source import resolve, resolve_lora
-    from export import export_family
-    from model_repository.layout import CheckpointSource, build_repository
+    # The build sequence every stack runs (stack/build.py); imported here: torch and export/ live in containers only.
+    from stack.build import BuildDirs, build
 
     plan = group_plan(group)
     dirs = GroupDirs(group)
     require_pinned(plan)
-    t0 = time.perf_counter()
-
-    _log(group, f"resolving {', '.join(plan.checkpoints)} (+ LoRAs: {', '.join(plan.loras) or 'none'})")
-    resolved = {key: resolve(key, "hub", Path(CHECKPOINTS_DIR)) for key in plan.checkpoints}
-    loras = {key: resolve_lora(key, "hub", Path(CHECKPOINTS_DIR)).file for key in plan.loras}
-    checkpoints_volume.commit()  # tens of GB: keep them even if a later step fails
-    for key, r in resolved.items():
-        _log(group, f"  {key}: {r.label}")
-    _log(group, f"checkpoints ready in {time.perf_counter() - t0:.0f}s")
-
-    engines: dict[str, Any] = {}
-    for family in plan.families:
-        served = {k: resolved[k].path for k in plan.checkpoints if CHECKPOINTS[k].family == family}
-        # Only TensorRT components need a graph on the GPU; torch components load the checkpoint itself.
-        graph = [
-            c.triton_model
-            for c in FAMILIES[family].components
-            if c.backend("gpu") == "tensorrt" and any(k in served for k in c.checkpoints)
-        ]
-        if not graph:
-            _log(group, f"{family}: every component runs in torch on the GPU, nothing to export or build")
-            continue
-        t1 = time.perf_counter()
-        export_family(
-            family,
-            served,
-            dirs.onnx,
-            force=force,
-            labels={k: resolved[k].label for k in served},
-            loras=loras,
-        )
-        _log(group, f"{family}: ONNX ready in {time.perf_counter() - t1:.0f}s; building plans for {', '.join(graph)}")
-        require_matching_tensorrt()
-        # Imported only here: export/tensorrt_build.py is written apart, and triton_modal imports without it.
-        from export.tensorrt_build import Fp8Inputs, build_family_engines
-
-        t1 = time.perf_counter()
-        # An "fp8" component's plan comes from a Q/DQ graph calibrated by running its pipeline from these folders.
-        fp8 = Fp8Inputs(checkpoint_dirs=served, loras=loras)
-        engines[family] = build_family_engines(family, dirs.onnx, dirs.plans, fp8=fp8)
-        engines_volume.commit()
-        _log(group, f"{family}: plans built in {time.perf_counter() - t1:.0f}s")
-
-    dirs.root.mkdir(parents=True, exist_ok=True)
-    sources = {k: CheckpointSource(r.path, r.label) for k, r in resolved.items()}
-    names = build_repository(
-        dirs.repository, dirs.onnx, sources, profile="gpu", families=plan.families, loras=loras, plans_dir=dirs.plans
+    _log(group, f"building {', '.join(plan.checkpoints)} (+ LoRAs: {', '.join(plan.loras) or 'none'})")
+    done = build(
+        BuildDirs.under(dirs.root, checkpoints=Path(CHECKPOINTS_DIR)),
+        checkpoints=plan.checkpoints,
+        mode="hub",
+        profile="gpu",
+        force=force,
+        after_checkpoints=checkpoints_volume.commit,  # tens of GB: keep them even if a later step fails
+        before_engines=require_matching_tensorrt,
+        after_engines=engines_volume.commit,
     )
     record = {
         "group": group,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "checkpoints": {k: r.label for k, r in resolved.items()},
-        "loras": {k: str(f) for k, f in loras.items()},
-        "models": names,
-        "engines": engines,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "checkpoints": {k: r.label for k, r in done.resolved.items()},
+        "loras": {k: str(f) for k, f in done.loras.items()},
+        "models": done.models,
+        "engines": done.engines,
+        "seconds": round(done.seconds, 1),
     }
+    # Written last: serving containers load a new build only once this record changed (stack/repository_watch.py).
     dirs.record.write_text(json.dumps(record, indent=2, default=str))
     engines_volume.commit()
-    _log(group, f"model repository {dirs.repository}: {', '.join(names)} ({record['seconds']}s in all)")
+    _log(group, f"model repository {dirs.repository}: {', '.join(done.models)} ({record['seconds']}s in all)")
     return record
 
 
@@ -526,36 +489,6 @@ def process_started_at() -> float:
     return started if _IMPORTED_AT - 86400 < started <= time.time() else _IMPORTED_AT
 
 
-def _png(width: int, height: int, mode: str = "RGB", square: bool = False) -> str:
-    """A flat image as base64 PNG; `square`: a white centre square on black (an inpainting mask)."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new(mode, (width, height), 0 if square else 128)
-    if square:
-        ImageDraw.Draw(image).rectangle((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=255)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def sample_body(route: Route, steps: int, size: int | None = None) -> dict[str, Any]:
-    """A small valid request for `route`: its default size (or `size`²), `steps` steps, a fixed seed."""
-    width, height = (size, size) if size else (route.width, route.height)
-    body: dict[str, Any] = {"steps": max(1, min(steps, route.limits.max_steps)), "seed": 0}
-    if route.task is Task.TEXT_TO_IMAGE:
-        return {**body, "prompt": "a red fox in the snow", "width": width, "height": height}
-    if route.task is Task.EDIT:
-        return {**body, "instruction": "make it night", "source_image": _png(width, height)}
-    if route.task is Task.INPAINT:
-        return {
-            **body,
-            "prompt": "a red fox",
-            "source_image": _png(width, height),
-            "mask_image": _png(width, height, mode="L", square=True),
-        }
-    raise ValueError(f"{route.path}: no sample body for task {route.task}")
-
-
 @dataclass(frozen=True)
 class WarmUp:
     path: str
@@ -569,6 +502,8 @@ async def warm_up(group: str, app_: FastAPI, api_key: str | None = None) -> list
     encoding. Raises on the first route that fails."""
     import httpx
 
+    from api.samples import sample_body
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     results = []
     transport = httpx.ASGITransport(app=app_)
@@ -579,7 +514,8 @@ async def warm_up(group: str, app_: FastAPI, api_key: str | None = None) -> list
     ):
         for route in routes_of(group):
             t0 = time.perf_counter()
-            r = await client.post(route.path, json=sample_body(route, WARMUP_STEPS), headers=headers, timeout=None)
+            body = sample_body(route, steps=WARMUP_STEPS)
+            r = await client.post(route.path, json=body, headers=headers, timeout=None)
             results.append(WarmUp(route.path, r.status_code, time.perf_counter() - t0, time.time()))
             if r.status_code != 200:
                 raise RuntimeError(f"warm-up of {route.path} answered {r.status_code}: {r.text[:1000]}")
@@ -587,7 +523,7 @@ async def warm_up(group: str, app_: FastAPI, api_key: str | None = None) -> list
 
 
 class GroupServer:
-    """The lifecycle every serving class shares; the generated subclasses set `group` and the web endpoint."""
+    """The lifecycle every serving class shares; each group's subclass below sets `group` and its web endpoint."""
 
     group: ClassVar[str]
 
@@ -694,94 +630,118 @@ class GroupServer:
         if triton is not None:
             triton.stop()
 
-    def _web(self) -> FastAPI:
-        return self.web_app
 
-
-# ## One build function and one serving class per app group, generated from the registry
-#
-# Modal finds a class or function inside its container by the global name it had when it was decorated, so each
-# generated object gets a unique name (`__name__` and `__qualname__`) and is assigned into this module's globals before
-# Modal sees it. The container imports this module, the loop runs again and builds the same names.
-
-SERVING_CLASSES: dict[str, modal.Cls] = {}
-BUILD_FUNCTIONS: dict[str, modal.Function] = {}
+# ## Resources of a group's containers, from the registry
 
 
 def _request_timeout_s(group: str) -> int:
     return int(max(r.timeout_s for r in routes_of(group))) + REQUEST_MARGIN_S
 
 
-def _register_serving_class(spec: AppGroup) -> modal.Cls:
-    name = serving_class_name(spec.name)
-
-    def web(self: GroupServer) -> FastAPI:
-        return self._web()
-
-    web.__name__, web.__qualname__ = "web", f"{name}.web"
-    namespace = {
-        "__module__": __name__,
-        "__qualname__": name,
-        "__doc__": f"Triton + the API for the {spec.name} routes: {', '.join(r.path for r in routes_of(spec.name))}.",
-        "group": spec.name,
-        "web": modal.asgi_app(label=web_label(spec.name))(web),
+def serving_options(group: str) -> dict[str, Any]:
+    """`app.cls` options of a group's serving class: its GPU, scale-down and start-up budget from the registry, a
+    request limit of its slowest route plus margin, the Volumes read-only, the API keys, memory snapshots."""
+    spec = GROUPS[group]
+    return {
+        "gpu": spec.gpu,
+        "cpu": SERVE_CPU,
+        "memory": SERVE_MEMORY_MIB,
+        "volumes": SERVE_VOLUMES,
+        "secrets": [api_keys_secret],
+        "scaledown_window": spec.scaledown_window_s,
+        "startup_timeout": spec.startup_timeout_s,
+        "timeout": _request_timeout_s(group),
+        "enable_memory_snapshot": True,
     }
-    user_cls = type(name, (GroupServer,), namespace)
-    # The API's gate admits max_concurrency generations and queues max_queue (429 beyond); the autoscaler adds a
-    # container as soon as this one's generation slots are busy.
-    concurrent = modal.concurrent(
-        max_inputs=spec.max_concurrency + spec.max_queue + SERVICE_HEADROOM,
-        target_inputs=spec.max_concurrency,
-    )(user_cls)
-    cls = app.cls(
-        gpu=spec.gpu,
-        cpu=SERVE_CPU,
-        memory=SERVE_MEMORY_MIB,
-        volumes=SERVE_VOLUMES,
-        secrets=[api_keys_secret],
-        scaledown_window=spec.scaledown_window_s,
-        startup_timeout=spec.startup_timeout_s,
-        timeout=_request_timeout_s(spec.name),
-        enable_memory_snapshot=True,
-    )(concurrent)
-    globals()[name] = cls
-    return cls
 
 
-def _register_build_function(spec: AppGroup) -> modal.Function:
-    name = build_function_name(spec.name)
-    group = spec.name
-
-    def build(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
-        return build_group(group, force=force, allow_unpinned=allow_unpinned)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"Download, export, build engines and lay out the model repository of the {group} group."
-    function = app.function(
-        gpu=BUILD_GPU,
-        cpu=BUILD_CPU,
-        memory=BUILD_MEMORY_MIB,
-        volumes=BUILD_VOLUMES,
-        secrets=[hf_secret],
-        timeout=BUILD_TIMEOUT_S,
-        name=name,
-    )(build)
-    globals()[name] = function
-    return function
+def concurrency(group: str) -> dict[str, int]:
+    """`modal.concurrent` options: the API's gate admits max_concurrency generations and queues max_queue (429
+    beyond), plus room for /health and /metrics; the autoscaler adds a container once the generation slots are busy."""
+    spec = GROUPS[group]
+    return {
+        "max_inputs": spec.max_concurrency + spec.max_queue + SERVICE_HEADROOM,
+        "target_inputs": spec.max_concurrency,
+    }
 
 
-def _register_groups() -> None:
-    names: dict[str, str] = {}
-    for spec in served_groups():
-        for generated in (serving_class_name(spec.name), build_function_name(spec.name)):
-            if generated in names:
-                raise ValueError(f"app groups {names[generated]!r} and {spec.name!r} both map to {generated}")
-            names[generated] = spec.name
-        SERVING_CLASSES[spec.name] = _register_serving_class(spec)
-        BUILD_FUNCTIONS[spec.name] = _register_build_function(spec)
+BUILD_OPTIONS: dict[str, Any] = {
+    "gpu": BUILD_GPU,
+    "cpu": BUILD_CPU,
+    "memory": BUILD_MEMORY_MIB,
+    "volumes": BUILD_VOLUMES,
+    "secrets": [hf_secret],
+    "timeout": BUILD_TIMEOUT_S,
+}
 
 
-_register_groups()
+# ## One serving class and one build function per app group
+#
+# Written out, because Modal's container imports each by its global name. A test fails when a registry group with
+# routes has none (or when one is left over here).
+
+
+@app.cls(**serving_options("flux"))
+@modal.concurrent(**concurrency("flux"))
+class FluxServer(GroupServer):
+    """Triton + the API for the flux group's routes."""
+
+    group = "flux"
+
+    @modal.asgi_app(label=web_label("flux"))
+    def web(self) -> FastAPI:
+        return self.web_app
+
+
+@app.function(**BUILD_OPTIONS)
+def build_flux(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """Download, export, build engines and lay out the model repository of the flux group."""
+    return build_group("flux", force=force, allow_unpinned=allow_unpinned)
+
+
+@app.cls(**serving_options("qwen-image"))
+@modal.concurrent(**concurrency("qwen-image"))
+class QwenImageServer(GroupServer):
+    """Triton + the API for the qwen-image group's routes."""
+
+    group = "qwen-image"
+
+    @modal.asgi_app(label=web_label("qwen-image"))
+    def web(self) -> FastAPI:
+        return self.web_app
+
+
+@app.function(**BUILD_OPTIONS)
+def build_qwen_image(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """Download, export, build engines and lay out the model repository of the qwen-image group."""
+    return build_group("qwen-image", force=force, allow_unpinned=allow_unpinned)
+
+
+@app.cls(**serving_options("qwen-edit"))
+@modal.concurrent(**concurrency("qwen-edit"))
+class QwenEditServer(GroupServer):
+    """Triton + the API for the qwen-edit group's routes."""
+
+    group = "qwen-edit"
+
+    @modal.asgi_app(label=web_label("qwen-edit"))
+    def web(self) -> FastAPI:
+        return self.web_app
+
+
+@app.function(**BUILD_OPTIONS)
+def build_qwen_edit(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """Download, export, build engines and lay out the model repository of the qwen-edit group."""
+    return build_group("qwen-edit", force=force, allow_unpinned=allow_unpinned)
+
+
+# Group -> its serving class and build function, as the smoke test and the tests look them up.
+SERVING_CLASSES: dict[str, modal.Cls] = {"flux": FluxServer, "qwen-image": QwenImageServer, "qwen-edit": QwenEditServer}
+BUILD_FUNCTIONS: dict[str, modal.Function] = {
+    "flux": build_flux,
+    "qwen-image": build_qwen_image,
+    "qwen-edit": build_qwen_edit,
+}
 
 # ## Smoke test against the deployed endpoint
 #
@@ -790,8 +750,10 @@ _register_groups()
 
 
 @app.local_entrypoint()
-def smoke(group: str = "flux", size: int = 0, steps: int = SMOKE_STEPS, url: str = "") -> None:
+def smoke(group: str = next(iter(GROUPS)), size: int = 0, steps: int = SMOKE_STEPS, url: str = "") -> None:
     import httpx
+
+    from api.samples import sample_body
 
     if group not in SERVING_CLASSES:
         raise SystemExit(f"no serving class for group {group!r}; served groups: {sorted(SERVING_CLASSES)}")
@@ -809,7 +771,7 @@ def smoke(group: str = "flux", size: int = 0, steps: int = SMOKE_STEPS, url: str
         health = client.get("/health")
         print(f"GET /health: {health.status_code} in {time.perf_counter() - t0:.1f}s")
         for route in routes_of(group):
-            body = sample_body(route, steps, size or route.limits.min_size)
+            body = sample_body(route, steps=steps, size=size or route.limits.min_size)
             t0 = time.perf_counter()
             r = client.post(route.path, json=body, headers=headers)
             h = r.headers

@@ -7,12 +7,16 @@ import io
 import numpy as np
 from PIL import Image
 
-# output_format -> (Pillow format, MIME type). The request schema's choices come from here.
+from registry import tasks
+
+# output_format (registry/tasks.py's IMAGE_FORMATS) -> (Pillow format, MIME type).
 IMAGE_FORMATS: dict[str, tuple[str, str]] = {
     "png": ("PNG", "image/png"),
     "jpeg": ("JPEG", "image/jpeg"),
     "webp": ("WEBP", "image/webp"),
 }
+if set(IMAGE_FORMATS) != set(tasks.IMAGE_FORMATS):
+    raise ImportError(f"output formats {sorted(tasks.IMAGE_FORMATS)} declared, {sorted(IMAGE_FORMATS)} encoded")
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int) -> tuple[bytes, str]:

@@ -15,12 +15,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from registry import Route, Task, pipeline_model_of
+from registry import Kind, Route, pipeline_model_of
+from registry.tasks import MAX_SEED
 
 from .encoding import IMAGE_FORMATS, encode_image
 from .errors import ApiError, openapi_responses
 from .media import MediaLimits, check_same_size, decode_image_array
-from .schemas import MAX_SEED, EditRequest, GenerationAnswer, GenerationRequest, InpaintRequest, request_model
+from .schemas import GenerationAnswer, RequestBody, request_model
 from .state import ApiState, Backend, State
 from .triton_client import PipelineResult
 
@@ -41,46 +42,31 @@ def wants_json(request: Request) -> bool:
     return "application/json" in media_types
 
 
-def decode_media(route: Route, body: GenerationRequest) -> dict[str, Any]:
-    """The request's images, checked and decoded (CPU-bound: run off the event loop), by pipeline tensor name.
-
-    A reference image left out is None (an optional input)."""
+def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
+    """The request's media fields, checked and decoded (CPU-bound: run off the event loop), by field name: an array
+    per image (H x W x 3; masks H x W), a tuple of them for a list field. A mask must have the size of the image
+    its field names (`same_size_as`)."""
     limits = MediaLimits(route.limits.max_media_bytes, route.limits.max_media_pixels)
-    if isinstance(body, EditRequest):
-        references = body.reference_images or []
-        media: dict[str, Any] = {"SOURCE_IMAGE": decode_image_array(body.source_image, "source_image", limits)}
-        for i in range(route.limits.max_reference_images):
-            value = references[i] if i < len(references) else None
-            field = f"reference_images[{i}]"
-            media[f"REFERENCE_IMAGE_{i + 1}"] = None if value is None else decode_image_array(value, field, limits)
-        return media
-    if isinstance(body, InpaintRequest):
-        source = decode_image_array(body.source_image, "source_image", limits)
-        mask = decode_image_array(body.mask_image, "mask_image", limits, mode="L")
-        check_same_size(source, mask)
-        return {"SOURCE_IMAGE": source, "MASK_IMAGE": mask}
-    return {}
+    media: dict[str, Any] = {}
+    for f in body.task.media:
+        value = getattr(body, f.name, None)
+        if value is None:
+            continue
+        mode = "L" if f.kind is Kind.MASK else "RGB"
+        if f.items is None:
+            media[f.name] = decode_image_array(value, f.name, limits, mode=mode)
+        else:
+            media[f.name] = tuple(
+                decode_image_array(v, f"{f.name}[{i}]", limits, mode=mode) for i, v in enumerate(value)
+            )
+        if f.same_size_as and f.same_size_as in media:
+            check_same_size(media[f.same_size_as], media[f.name], f.name, f.same_size_as)
+    return media
 
 
-def pipeline_inputs(route: Route, body: GenerationRequest, seed: int, media: dict[str, Any]) -> dict[str, Any]:
-    """The values of registry.PIPELINE_INPUTS[route.task], by tensor name."""
-    values: dict[str, Any] = {
-        "CHECKPOINT": route.checkpoint,
-        "NEGATIVE_PROMPT": body.negative_prompt or "",
-        "STEPS": body.steps,
-        "CFG": body.cfg,
-        "SEED": seed,
-        "NUM_IMAGES": body.num_images,
-        **media,
-    }
-    if route.task is Task.TEXT_TO_IMAGE:
-        width, height = body.size(route)  # type: ignore[attr-defined]
-        values |= {"PROMPT": body.prompt, "WIDTH": width, "HEIGHT": height}  # type: ignore[attr-defined]
-    elif route.task is Task.EDIT:
-        values |= {"PROMPT": body.instruction, "DENOISE": body.denoise}  # type: ignore[attr-defined]
-    elif route.task is Task.INPAINT:
-        values |= {"PROMPT": body.prompt, "DENOISE": body.denoise}  # type: ignore[attr-defined]
-    return values
+def pipeline_inputs(route: Route, body: RequestBody, seed: int, media: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline model's inputs of this request, by tensor name (its task's TaskSpec.inputs)."""
+    return body.task.tensor_values(route, {**body.values(), "seed": seed, **media})
 
 
 @dataclass(frozen=True)
@@ -104,7 +90,7 @@ class Timings:
         return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in parts.items())
 
 
-def _encode_all(result: PipelineResult, body: GenerationRequest, as_base64: bool) -> list[tuple[bytes, str]]:
+def _encode_all(result: PipelineResult, body: RequestBody, as_base64: bool) -> list[tuple[bytes, str]]:
     encoded = [encode_image(px, body.output_format, body.output_quality) for px in result.images]
     return [(base64.b64encode(data) if as_base64 else data, mime) for data, mime in encoded]
 
@@ -178,7 +164,7 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
                 if timeout_s <= 0:
                     raise ApiError(504, "the answer deadline passed before the generation could start")
             inputs = pipeline_inputs(route, body, seed, media)
-            result = await backend.infer(pipeline, route.task, inputs, timeout_s, request.state.request_id)
+            result = await backend.infer(pipeline, body.task, inputs, timeout_s, request.state.request_id)
         cold_start = state.claim_cold_start()
         t_encode = time.perf_counter()
         # Pillow holds the CPU for tens of milliseconds per image: off the event loop, so other requests move on.

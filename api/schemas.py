@@ -1,24 +1,27 @@
-"""Request models, one per route, built from the registry's defaults and limits (api.md, "Request fields")."""
+"""Request models, one per route, built from its task's declared fields (registry/tasks.py) with the route's
+defaults and limits (api.md, "Request fields"), and the JSON answer's model."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from registry import Route, Task
+from registry import Field as TaskField
+from registry import Kind, Route, TaskSpec, task_of
+from registry.tasks import COMMON, resolve
 
-from .encoding import IMAGE_FORMATS
-
-MAX_SEED = 2**32 - 1
-DEFAULT_QUALITY = 95
-OutputFormat = Literal[tuple(IMAGE_FORMATS)]  # type: ignore[valid-type]
-
-
-class StrictRequest(BaseModel):
-    # Unknown fields are errors (a typo never falls back to a default); no silent coercion ("5" is not 5).
-    model_config = ConfigDict(extra="forbid", strict=True)
+MEDIA_DESCRIPTION = "base64 (PNG, JPEG or WEBP), data: prefix optional"
 
 
 def _has_text(value: str) -> str:
@@ -27,135 +30,97 @@ def _has_text(value: str) -> str:
     return value
 
 
-class GenerationRequest(StrictRequest):
-    """What every generating route takes; the per-route subclass fills in fields, defaults and limits."""
-
-    negative_prompt: str | None
-    steps: int
-    cfg: float
-    seed: int | None
-    num_images: int
-    output_format: str
-    output_quality: int
-
-    @field_validator("negative_prompt", mode="before")
-    @classmethod
-    def _blank_negative_is_none(cls, value: object) -> object:
-        # The product's client sends negative_prompt to every route, often as "": that means "none", not an error.
-        return None if isinstance(value, str) and not value.strip() else value
+def _blank_is_none(value: object) -> object:
+    # The product's client sends negative_prompt to every route, often as "": that means "none", not an error.
+    return None if isinstance(value, str) and not value.strip() else value
 
 
-class TextToImageRequest(GenerationRequest):
-    prompt: str
-    width: int
-    height: int
+class RequestBody(BaseModel):
+    """What a client POSTs to a generating route; each route's subclass holds its task's fields."""
 
-    _has_text = field_validator("prompt")(_has_text)
+    # Unknown fields are errors (a typo never falls back to a default); no silent coercion ("5" is not 5).
+    model_config = ConfigDict(extra="forbid", strict=True)
+    route: ClassVar[Route]
+    task: ClassVar[TaskSpec]
 
     @model_validator(mode="after")
-    def _aspect_ratio_alone(self) -> TextToImageRequest:
-        # An explicit width/height with a preset is ambiguous: refuse it rather than pick one silently.
-        if getattr(self, "aspect_ratio", None) is not None and {"width", "height"} & self.model_fields_set:
-            error = PydanticCustomError("conflict", "conflicts with width/height: send one or the other")
-            detail = InitErrorDetails(type=error, loc=("aspect_ratio",), input=self.aspect_ratio)  # type: ignore[attr-defined]
-            raise ValidationError.from_exception_data(type(self).__name__, [detail])
+    def _presets_alone(self) -> RequestBody:
+        # A preset (aspect_ratio) with an explicit value of a field it sets is ambiguous: refuse it, never pick one.
+        for f in self.task.fields_of(self.route):
+            if f.sets and getattr(self, f.name) is not None and set(f.sets) & self.model_fields_set:
+                error = PydanticCustomError("conflict", f"conflicts with {'/'.join(f.sets)}: send one or the other")
+                detail = InitErrorDetails(type=error, loc=(f.name,), input=getattr(self, f.name))
+                raise ValidationError.from_exception_data(type(self).__name__, [detail])
         return self
 
-    def size(self, route: Route) -> tuple[int, int]:
-        """(width, height): the aspect_ratio preset if one was sent, else width/height (the route's by default)."""
-        presets = {name: (w, h) for name, w, h in route.aspect_ratios}
-        return presets.get(getattr(self, "aspect_ratio", None) or "", (self.width, self.height))
+    def values(self) -> dict[str, Any]:
+        """Every field's value, by name (defaults applied)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
 
-class EditRequest(GenerationRequest):
-    instruction: str
-    source_image: str
-    reference_images: list[str] | None
-    denoise: float
+def _annotation(f: TaskField, route: Route) -> Any:
+    """The pydantic type of one field: its kind with its rules, `| None` where it may be left out."""
+    rules: dict[str, Any] = {}
+    for rule, key in (
+        ("minimum", "ge"),
+        ("exclusive_minimum", "gt"),
+        ("maximum", "le"),
+        ("multiple_of", "multiple_of"),
+    ):
+        value = resolve(getattr(f, rule), route)
+        if value is not None:
+            rules[key] = value
+    extra: list[Any] = []
+    if f.kind is Kind.TEXT:
+        base: Any = str
+        rules["min_length"] = 1
+        if f.max_length is not None:
+            rules["max_length"] = resolve(f.max_length, route)
+        if f.not_blank:
+            extra.append(AfterValidator(_has_text))
+    elif f.kind is Kind.INTEGER:
+        base = int
+    elif f.kind is Kind.NUMBER:
+        base = float
+    elif f.kind is Kind.CHOICE:
+        base = Literal[f.choices_of(route)]  # type: ignore[valid-type]
+    else:  # media: checked and decoded by api/media.py before the request queues
+        base = str
+        rules["min_length"] = 1
+        rules["description"] = MEDIA_DESCRIPTION
+    annotation: Any = Annotated[base, Field(**rules), *extra]
+    if f.items is not None:
+        annotation = Annotated[list[annotation], Field(max_length=resolve(f.max_length, route))]  # type: ignore[valid-type]
+    if not f.required and resolve(f.default, route) is None:
+        annotation = annotation | None
+    if f.blank_is_none:
+        annotation = Annotated[annotation, BeforeValidator(_blank_is_none)]
+    return annotation
 
-    _has_text = field_validator("instruction")(_has_text)
+
+def _description(f: TaskField, route: Route) -> str:
+    if f.sets:
+        rows = ", ".join(f"{row[0]} = {'x'.join(str(v) for v in row[1:])}" for row in resolve(f.choices, route))
+        return f"{f.description}: {rows}"
+    return f.description
 
 
-class InpaintRequest(GenerationRequest):
-    prompt: str
-    source_image: str
-    mask_image: str
-    denoise: float
-
-    _has_text = field_validator("prompt")(_has_text)
-
-
-def _common_fields(route: Route) -> dict[str, Any]:
-    lim = route.limits
-    return {
-        "negative_prompt": (
-            Annotated[str, Field(max_length=lim.max_prompt_chars)] | None,  # blank means none (see the validator)
-            Field(default=None, description="What to avoid; used whenever CFG runs"),
-        ),
-        "steps": (Annotated[int, Field(ge=1, le=lim.max_steps)], route.steps),
-        "cfg": (Annotated[float, Field(ge=lim.min_cfg, le=lim.max_cfg)], route.cfg),
-        "seed": (
-            Annotated[int, Field(ge=0, le=MAX_SEED)] | None,
-            Field(default=None, description="Drawn at random when absent; returned in x-seed"),
-        ),
-        "num_images": (
-            Annotated[int, Field(ge=1, le=lim.max_num_images)],
-            Field(default=1, description="More than 1 needs `Accept: application/json`"),
-        ),
-        "output_format": (OutputFormat, "png"),
-        "output_quality": (Annotated[int, Field(ge=1, le=100)], DEFAULT_QUALITY),
-    }
+def _model_fields(route: Route) -> dict[str, Any]:
+    spec = task_of(route)
+    # The order request models have always listed: the common fields, the output's, the task's own.
+    order = {f.name: i for i, f in enumerate((*COMMON, *spec.output.fields, *spec.own))}
+    fields: dict[str, Any] = {}
+    for f in sorted(spec.fields_of(route), key=lambda f: order[f.name]):
+        default = ... if f.required else resolve(f.default, route)
+        fields[f.name] = (_annotation(f, route), Field(default=default, description=_description(f, route)))
+    return fields
 
 
-def request_model(route: Route) -> type[GenerationRequest]:
-    lim = route.limits
-    text = Annotated[str, Field(min_length=1, max_length=lim.max_prompt_chars)]
-    size = Annotated[int, Field(ge=lim.min_size, le=lim.max_size, multiple_of=lim.size_multiple)]
-    image = Annotated[str, Field(min_length=1, description="base64 (PNG, JPEG or WEBP), data: prefix optional")]
-    denoise = Annotated[float, Field(gt=0.0, le=1.0)]
+def request_model(route: Route) -> type[RequestBody]:
     name = "".join(part.capitalize() for part in route.path.strip("/").replace(".", "-").split("-")) + "Request"
-    fields: dict[str, Any]
-    if route.task is Task.TEXT_TO_IMAGE:
-        base: type[GenerationRequest] = TextToImageRequest
-        fields = {
-            "prompt": (text, Field(description="What to draw")),
-            "width": (size, Field(default=route.width, description=f"Multiple of {lim.size_multiple}")),
-            "height": (size, Field(default=route.height, description=f"Multiple of {lim.size_multiple}")),
-        }
-        if route.aspect_ratios:
-            presets = ", ".join(f"{n} = {w}x{h}" for n, w, h in route.aspect_ratios)
-            fields["aspect_ratio"] = (
-                Literal[tuple(n for n, _, _ in route.aspect_ratios)] | None,  # type: ignore[misc]
-                Field(default=None, description=f"A preset size instead of width/height: {presets}"),
-            )
-    elif route.task is Task.EDIT:
-        base = EditRequest
-        fields = {
-            "instruction": (text, Field(description="The edit to make")),
-            "source_image": (image, Field(description="The image to edit")),
-            "reference_images": (
-                Annotated[list[image], Field(max_length=lim.max_reference_images)] | None,  # type: ignore[valid-type]
-                Field(default=None, description=f"Up to {lim.max_reference_images} more images for multi-image edits"),
-            ),
-            "denoise": (denoise, Field(default=route.denoise, description="How much of the source to repaint")),
-        }
-    elif route.task is Task.INPAINT:
-        base = InpaintRequest
-        fields = {
-            "prompt": (text, Field(description="What to paint in the masked area")),
-            "source_image": (image, Field(description="The image to repaint")),
-            "mask_image": (image, Field(description="White = repaint; the size of source_image")),
-            "denoise": (denoise, Field(default=route.denoise, description="How much of the masked area to repaint")),
-        }
-    else:
-        raise NotImplementedError(f"{route.path}: no request model for task {route.task}")
-    return create_model(
-        name,
-        __base__=base,
-        __doc__=route.summary,
-        **fields,
-        **_common_fields(route),
-    )
+    model = create_model(name, __base__=RequestBody, __doc__=route.summary, **_model_fields(route))
+    model.route, model.task = route, task_of(route)
+    return model
 
 
 class ImageOut(BaseModel):

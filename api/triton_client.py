@@ -1,5 +1,5 @@
-"""Talking to Triton: one async gRPC client, request tensors from the registry's pipeline contract, and the mapping
-of Triton's failures onto the API's errors."""
+"""Talking to Triton: one async gRPC client, request tensors from the task's declaration (registry/tasks.py), and
+the mapping of Triton's failures onto the API's errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from registry import PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX, Task, parse_invalid_request
+from registry import SOURCE_PARAMETER_PREFIX, TaskSpec, parse_invalid_request
 
 from .errors import ApiError
 
@@ -56,7 +56,9 @@ def _retry(seconds: int) -> dict[str, str]:
 def map_triton_error(exc: InferenceServerException, retry_after_s: int, request_id: str = "") -> ApiError:
     """Triton's failure as the API's error. 500s carry no Triton text: it can hold a model's stack trace."""
     status, message = str(exc.status() or ""), str(exc.message() or "")
-    invalid = parse_invalid_request(message)
+    # A pipeline model's rejection of the client's input: INVALID_ARG and the field (registry/contract.py). Triton's
+    # own INVALID_ARG errors are about the tensors this API sent: a 500 below.
+    invalid = parse_invalid_request(message) if status == "StatusCode.INVALID_ARGUMENT" else None
     if invalid:
         field, why = invalid
         return ApiError(422, f"{field}: {why}", field=field)
@@ -82,9 +84,9 @@ class TritonBackend:
         await self.client.close()
 
     async def infer(
-        self, model: str, task: Task, values: dict[str, Any], timeout_s: float, request_id: str = ""
+        self, model: str, task: TaskSpec, values: dict[str, Any], timeout_s: float, request_id: str = ""
     ) -> PipelineResult:
-        specs = PIPELINE_INPUTS[task]
+        specs = task.inputs
         if set(values) != {s.name for s in specs}:  # a programming error, not the client's: a 500
             raise ValueError(f"inputs {sorted(values)} do not match the registry's {[s.name for s in specs]}")
         inputs = []
@@ -92,7 +94,7 @@ class TritonBackend:
             value = values[spec.name]
             if value is None and spec.optional:
                 continue
-            if isinstance(value, str):  # text travels as UTF-8 bytes in a UINT8 tensor (registry)
+            if isinstance(value, str):  # text travels as UTF-8 bytes in a UINT8 tensor (registry/tasks.py)
                 data = np.frombuffer(value.encode(), dtype=np.uint8)
             elif isinstance(value, np.ndarray):  # decoded media, already in the registry's layout
                 data = np.ascontiguousarray(value, dtype=_NUMPY[spec.dtype])
@@ -101,7 +103,7 @@ class TritonBackend:
             tensor = InferInput(spec.name, list(data.shape), spec.dtype)
             tensor.set_data_from_numpy(data)
             inputs.append(tensor)
-        outputs = [InferRequestedOutput(s.name) for s in PIPELINE_OUTPUTS]
+        outputs = [InferRequestedOutput(s.name) for s in task.output.tensors]
         t0 = time.perf_counter()
         try:
             # client_timeout is a gRPC deadline: Triton sees the request cancelled and the model can stop early.

@@ -1,10 +1,9 @@
 """Where checkpoints come from: pinned hub revisions in production, tiny random-weight folders here."""
 
 from .source import MODES, ResolvedCheckpoint, ResolvedLora, UnpinnedRevisionError, check_pinned, resolve, resolve_lora
-from .tiny import BUILDER_VERSION, BUILDERS, DEFAULT_ROOT, build_tiny
+from .tiny import BUILDER_VERSION, DEFAULT_ROOT, build_tiny, builder_of
 
 __all__ = [
-    "BUILDERS",
     "BUILDER_VERSION",
     "DEFAULT_ROOT",
     "MODES",
@@ -12,6 +11,7 @@ __all__ = [
     "ResolvedLora",
     "UnpinnedRevisionError",
     "build_tiny",
+    "builder_of",
     "check_pinned",
     "resolve",
     "resolve_lora",

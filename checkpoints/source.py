@@ -1,6 +1,6 @@
 """Resolve a registry checkpoint to a local diffusers folder: the pinned Hugging Face revision in production, the
 tiny random-weight stand-in here, or a folder given by path. All three are then loaded by the same code
-(`FluxPipeline.from_pretrained(path)`, `<Model>.from_pretrained(path / subfolder)`)."""
+(`<Pipeline>.from_pretrained(path)`, `<Model>.from_pretrained(path / subfolder)`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .tiny import DEFAULT_ROOT, build_tiny
 MODES = ("tiny", "hub", "local")
 ALLOW_UNPINNED_ENV = "RYLA_ALLOW_UNPINNED"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-# The diffusers folders only: the FLUX repos also hold single-file checkpoints at the top level (~35 GB) that no
+# The diffusers folders only: some repos also hold single-file checkpoints at the top level (tens of GB) that no
 # diffusers loader reads.
 _HUB_PATTERNS = ["model_index.json", "*/*"]
 
@@ -38,7 +38,7 @@ def check_pinned(checkpoint: Checkpoint | Lora) -> None:
         return
     raise UnpinnedRevisionError(
         f"{checkpoint.key}: revision {checkpoint.revision!r} of {checkpoint.hub_id} is not a pinned 40-hex commit "
-        f"SHA; pin it in registry/catalog.py (or set {ALLOW_UNPINNED_ENV}=1 for a one-off build)"
+        f"SHA; pin it in its family folder's registry entries, families/<folder>/__init__.py (or set {ALLOW_UNPINNED_ENV}=1 for a one-off build)"
     )
 
 

@@ -1,25 +1,23 @@
 """Tiny random-weight checkpoints in the exact diffusers folder layout, so tests load them through the same
 `from_pretrained` code that loads the real ones.
 
-Each family adds builders to BUILDERS (keyed by the registry's `Checkpoint.tiny`). Builds are seeded and cached: a
-folder is reused while its stamp names the current BUILDER_VERSION and every file the builder wrote is still there.
-A builder writes a whole diffusers pipeline folder (model_index.json and its subfolders) or, for a LoRA, the
-folder of its .safetensors file.
+Each family folder's tiny.py declares its builders (BUILDERS, keyed by the registry's `Checkpoint.tiny` and
+`Lora.tiny`). Builds are seeded and cached: a folder is reused while its stamp names the current BUILDER_VERSION and
+every file the builder wrote is still there. A builder writes a whole diffusers pipeline folder (model_index.json
+and its subfolders) or, for a LoRA, the folder of its .safetensors file.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
-from . import flux, qwen
+from artifacts import staged_folder
+from families import hooks
+from registry import CHECKPOINTS, LORAS
 
 # Bump when any builder changes what it writes: cached folders with another version are rebuilt.
 BUILDER_VERSION = 3
@@ -27,15 +25,18 @@ STAMP = "tiny-builder.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO_ROOT / ".cache" / "checkpoints"
 
-# tiny name -> builder writing a complete folder (a diffusers pipeline, or a LoRA's weights file) into the (empty)
-# directory it is given. Later families (Z-Image, Wan, SDXL) add their entries here.
-BUILDERS: dict[str, Callable[[Path], None]] = {
-    "flux-schnell": partial(flux.build, "schnell"),
-    "flux-dev": partial(flux.build, "dev"),
-    "qwen-image-2512": partial(qwen.build, "2512"),
-    "qwen-image-edit-2511": partial(qwen.build, "edit-2511"),
-    "qwen-image-lightning": qwen.build_lightning,
-}
+
+def builder_of(name: str) -> Callable[[Path], None]:
+    """The builder that writes tiny folder `name` into the (empty) directory it is given: the one its family
+    folder declares for a checkpoint or LoRA of that tiny name."""
+    owners = {c.family for c in CHECKPOINTS.values() if c.tiny == name} | {
+        lora.family for lora in LORAS.values() if lora.tiny == name
+    }
+    for family in sorted(owners):
+        builder = hooks(family, "tiny", "BUILDERS").get(name)
+        if builder is not None:
+            return builder
+    raise KeyError(f"no tiny builder for {name!r} in the family folders of {sorted(owners) or 'no registry entry'}")
 
 
 def _files(folder: Path) -> list[str]:
@@ -68,8 +69,7 @@ def _locked(root: Path, name: str) -> Iterator[None]:
 
 def build_tiny(name: str, root: Path = DEFAULT_ROOT) -> Path:
     """The tiny checkpoint `name` at `root/name`, built once and reused while BUILDER_VERSION holds."""
-    if name not in BUILDERS:
-        raise KeyError(f"no tiny builder for {name!r}; known: {sorted(BUILDERS)}")
+    build = builder_of(name)
     root = Path(root)
     out = root / name
     if is_built(out):
@@ -78,15 +78,9 @@ def build_tiny(name: str, root: Path = DEFAULT_ROOT) -> Path:
     with _locked(root, name):
         if is_built(out):  # another process built it while we waited
             return out
-        # Build beside the target and move it in, so an interrupted build never leaves a half folder behind.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
-            BUILDERS[name](tmp)
+        # Built beside the target and moved in, so an interrupted build never leaves a half folder behind.
+        with staged_folder(out) as tmp:
+            build(tmp)
             stamp = {"version": BUILDER_VERSION, "name": name, "files": _files(tmp)}
             (tmp / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the folder is served to other processes
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

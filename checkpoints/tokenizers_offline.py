@@ -1,7 +1,7 @@
 """Tokenizers trained offline on a small built-in corpus, saved in the formats the real checkpoints use.
 
 Deterministic: the same corpus and settings give the same files, byte for byte, so two checkpoints that share a
-tokenizer share its bytes (FLUX-dev and -schnell) and a rebuild changes nothing.
+tokenizer share its bytes and a rebuild changes nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import string
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 _TEXT = (
@@ -37,14 +36,14 @@ def corpus(lines: int = 400) -> list[str]:
     return captions + extras
 
 
-def _train_bpe(
+def train_bpe(
     words: Counter[str], alphabet: list[str], num_merges: int, end_of_word: str = "</w>"
 ) -> list[tuple[str, str]]:
     """Plain BPE training (most frequent adjacent pair first, ties broken by the pair itself).
 
     Our own loop rather than `tokenizers.trainers.BpeTrainer`: that one breaks ties by hash-map order, so its merges
     differ from process to process (measured), and the shared tokenizers must be byte-identical.
-    `end_of_word` marks a word's last symbol (CLIP's `</w>`); GPT-2-style byte-level BPE (Qwen2) has none ("").
+    `end_of_word` marks a word's last symbol (CLIP's `</w>`); GPT-2-style byte-level BPE has none ("").
     """
     symbols = {w: [*w[:-1], w[-1] + end_of_word] for w in words}
     known = set(alphabet) | {c + end_of_word for c in alphabet}
@@ -91,7 +90,7 @@ def train_clip_tokenizer(out: Path, num_merges: int = 300) -> Path:
         for word, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(line)):
             words[word] += 1
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = _train_bpe(words, alphabet, num_merges)
+    merges = train_bpe(words, alphabet, num_merges)
     tokens = [*alphabet, *(c + "</w>" for c in alphabet), *(a + b for a, b in merges)]
     vocab = {t: i for i, t in enumerate(dict.fromkeys([*tokens, "<|startoftext|>", "<|endoftext|>"]))}
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
@@ -137,101 +136,9 @@ def train_t5_tokenizer(out: Path, vocab_size: int = 200, model_max_length: int =
     return out
 
 
-# Qwen2's added tokens in the order (and so the relative ids) of the real vocabulary, which puts them after the BPE
-# tokens (151643...). The second group is not special: it is split like text by the real tokenizer too.
-QWEN2_SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-QWEN2_OTHER_ADDED_TOKENS = (
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-)
-
-
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2's byte-to-unicode symbols in its order (printable bytes as themselves first, then the others shifted
-    past U+0100), the order in which GPT-2 and Qwen2 vocabularies begin."""
+    past U+0100), the order in which GPT-2-style byte-level vocabularies begin."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [b for b in range(256) if b not in printable]
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
-
-
-def train_qwen2_tokenizer(
-    out: Path,
-    templates: Sequence[str] = (),
-    num_merges: int = 700,
-    template_weight: int = 50,
-    model_max_length: int = 131072,
-    chat_template: str | None = None,
-) -> Path:
-    """Qwen2's byte-level BPE (its regex pre-tokenizer, NFC, no end-of-word marker) trained on the corpus plus
-    `templates`, saved through transformers' Qwen2Tokenizer (tokenizer.json, tokenizer_config.json) with the
-    vocab.json / merges.txt of the real repos.
-
-    `templates` are prompt templates with Qwen2's special tokens in them (the diffusers pipelines' system prompts).
-    Weighted `template_weight` times, their words are merged into single tokens, as the real 151k vocabulary has
-    them, so a template prefix is as many tokens as the real tokenizer makes of it: the pipelines drop a fixed
-    number of leading hidden states (`prompt_template_encode_start_idx`) and rely on that count.
-    """
-    import json
-    import re
-
-    from transformers import Qwen2Tokenizer
-
-    probe = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[]).backend_tokenizer
-    added = (*QWEN2_SPECIAL_TOKENS, *QWEN2_OTHER_ADDED_TOKENS)
-    split_added = re.compile("|".join(re.escape(t) for t in added))
-
-    def count(lines: Sequence[str], weight: int, words: Counter[str]) -> None:
-        for line in lines:
-            for piece in split_added.split(line):  # added tokens are never part of a BPE word
-                for word, _ in probe.pre_tokenizer.pre_tokenize_str(probe.normalizer.normalize_str(piece)):
-                    words[word] += weight
-
-    words: Counter[str] = Counter()
-    count(corpus(), 1, words)
-    count(templates, template_weight, words)
-    alphabet = _byte_alphabet()
-    merges = _train_bpe(words, alphabet, num_merges, end_of_word="")
-    tokens = [*alphabet, *(a + b for a, b in merges)]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    for token in added:
-        vocab[token] = len(vocab)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        eos_token="<|im_end|>",  # Qwen2.5-VL-Instruct's (the text encoder's) end of turn
-        pad_token="<|endoftext|>",
-        extra_special_tokens=list(QWEN2_SPECIAL_TOKENS[1:]),
-        model_max_length=model_max_length,
-        errors="replace",
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=False,
-        chat_template=chat_template,
-    )
-    tokenizer.add_tokens(list(QWEN2_OTHER_ADDED_TOKENS))  # added but not special, as in the real tokenizer
-    tokenizer.save_pretrained(out)
-    # transformers 5 writes only tokenizer.json; the real layout also has these two.
-    (out / "vocab.json").write_text(json.dumps({t: i for t, i in vocab.items() if t not in added}, ensure_ascii=False))
-    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    return out

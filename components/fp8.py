@@ -13,7 +13,7 @@ E4M3_MAX = 448.0  # the largest finite float8 e4m3fn
 
 
 # cuBLASLt (CUDA 13.0 under torch 2.11, H100) has no row-wise FP8 GEMM with the bias fused for K=12288, N=3072 and
-# M <= 32 (CUBLAS_STATUS_NOT_SUPPORTED; Qwen-Image's txt_mlp down projection on a short prompt): below this many rows
+# M <= 32 (CUBLAS_STATUS_NOT_SUPPORTED; a text-stream MLP's down projection on a short prompt): below this many rows
 # the bias is added after the GEMM; above, it stays fused in the GEMM's epilogue.
 FUSED_BIAS_MIN_ROWS = 64
 
@@ -35,7 +35,7 @@ class Fp8Linear(torch.nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         rows = x2.shape[0]
-        if rows % 16:  # cuBLASLt's FP8 GEMMs want every dim a multiple of 16 (Qwen-Image 1328²: 6889 image tokens)
+        if rows % 16:  # cuBLASLt's FP8 GEMMs want every dim a multiple of 16 (83 x 83 = 6889 image tokens at 1328²)
             x2 = torch.nn.functional.pad(x2, (0, 0, 0, 16 - rows % 16))
         x_scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
         x_fp8 = (x2.float() / x_scale).to(torch.float8_e4m3fn)

@@ -27,7 +27,7 @@ def _pipeline_class(name: str) -> type:
 def merge_lora(
     module: torch.nn.Module, lora_file: Path, pipeline_class_name: str, scale: float = 1.0
 ) -> torch.nn.Module:
-    """Fuse `lora_file` into `module` (a diffusers transformer such as QwenImageTransformer2DModel), in place.
+    """Fuse `lora_file` into `module` (a diffusers transformer with PeftAdapterMixin), in place.
 
     The same steps as `pipe.load_lora_weights(file); pipe.fuse_lora(lora_scale=scale); pipe.unload_lora_weights()`:
     `<Pipeline>.lora_state_dict` reads the file and converts non-diffusers key layouts (kohya, "diffusion_model.",

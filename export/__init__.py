@@ -3,7 +3,7 @@
 TensorRT plans are built from these ONNX files on a GPU with TensorRT (export/tensorrt_build.py, run on Modal)."""
 
 from .family import EXPORTED, NOT_GIVEN, UNCHANGED, export_family, source_hash
-from .manifest import EXPORTER_VERSION, content_hash
+from .manifest import EXPORTER_VERSION
 from .onnx_export import PARITY_LIMIT, ExportError, ParityError
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "UNCHANGED",
     "ExportError",
     "ParityError",
-    "content_hash",
     "export_family",
     "source_hash",
 ]

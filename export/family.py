@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gc
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from components.adapters import ADAPTERS, INITIALIZER_PREFIX, PARITY_SHAPES
+from artifacts import file_sha256, folder_hash, staged_folder
+from components.adapters import INITIALIZER_PREFIX, adapter_of, parity_shapes
 from components.lora_merge import merge_lora
 from registry import FAMILIES, LORAS, Component, Family
 
@@ -31,12 +31,12 @@ def source_hash(component: Component, checkpoint_dirs: Mapping[str, Path]) -> st
     present = [k for k in component.checkpoints if k in checkpoint_dirs]
     if not present:
         raise ExportError(f"{component.triton_model}: none of {list(component.checkpoints)} was given")
-    hashes = {k: mf.content_hash(Path(checkpoint_dirs[k]) / component.subfolder) for k in present}
+    hashes = {k: folder_hash(Path(checkpoint_dirs[k]) / component.subfolder) for k in present}
     if len(set(hashes.values())) > 1:
         raise ExportError(
             f"{component.triton_model}: the registry says {present} share {component.subfolder}/, but their "
             f"files differ ({', '.join(f'{k}={h[:12]}' for k, h in hashes.items())}); "
-            "give each its own component in registry/catalog.py"
+            "give each its own component in the family folder's registry entries"
         )
     return next(iter(hashes.values()))
 
@@ -59,11 +59,6 @@ def _label(key: str, checkpoint_dirs: Mapping[str, Path], labels: Mapping[str, s
     return (labels or {}).get(key, f"local:{Path(checkpoint_dirs[key]).resolve()}")
 
 
-def _files_fresh(entry: dict, folder: Path) -> bool:
-    """Every other recorded file (external weights) is still there at its recorded size: cheap, unlike hashing."""
-    return all((folder / n).is_file() and (folder / n).stat().st_size == b for n, b in entry.get("files", {}).items())
-
-
 def _export_one(
     component: Component,
     family: Family,
@@ -72,11 +67,11 @@ def _export_one(
     lora_file: Path | None = None,
 ) -> tuple[dict, int]:
     """Export into `staging`, check the graph and parity; returns (manifest fields, parameter count)."""
-    adapter = ADAPTERS[component.exporter]
+    adapter = adapter_of(family.name, component.exporter)
     module = adapter.load(source).eval()
     if lora_file is not None:  # merged at build time: the graph carries the fused weights under the base names
         merge_lora(module.model, lora_file, family.pipeline_class, LORAS[component.merged_lora].scale)
-    shapes = PARITY_SHAPES[family.name]
+    shapes = parity_shapes(family.name)
     t0 = time.perf_counter()
     export_onnx(component, family, module, adapter.example(module, shapes[0]), staging / "model.onnx")
     export_s = time.perf_counter() - t0
@@ -98,7 +93,7 @@ def with_merged_lora(component: Component, content: str, loras: Mapping[str, Pat
     if component.merged_lora not in (loras or {}):
         raise ExportError(f"{component.triton_model}: merges LoRA {component.merged_lora!r}, which was not given")
     lora_file = Path(loras[component.merged_lora])
-    return lora_file, f"{content}+lora:{mf.lora_hash(lora_file)}"
+    return lora_file, f"{content}+lora:{file_sha256(lora_file)}"
 
 
 def export_family(
@@ -109,14 +104,16 @@ def export_family(
     force: bool = False,
     labels: Mapping[str, str] | None = None,
     loras: Mapping[str, Path] | None = None,
+    profile: str | None = None,
 ) -> dict:
     """Export the stale components of `family` to `out_dir/<triton_model>/model.onnx` and record them in
     `out_dir/manifest.json`.
 
     `checkpoint_dirs` maps checkpoint keys to diffusers folders; `labels` says where each came from ("hub:id@rev",
-    "local:path"; default the path); `loras`: registry LoRA key -> file, for components that merge one. A component
-    none of whose checkpoints is given is left alone, as is one that runs in torch on every profile. Returns the
-    manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given" | "torch_only".
+    "local:path"; default the path); `loras`: registry LoRA key -> file, for components that merge one; `profile`:
+    export only what that serving profile runs from a graph (None: what any profile does). A component none of
+    whose checkpoints is given is left alone, as is one that runs in torch (on `profile`, or on every profile).
+    Returns the manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given" | "torch_only".
     """
     fam = FAMILIES[family]
     out_dir = Path(out_dir)
@@ -136,8 +133,9 @@ def export_family(
             _log(f"{name}: none of {list(component.checkpoints)} given, skipped")
             last_run[name] = NOT_GIVEN
             continue
-        if not {runtime for _, runtime in component.backends} & _GRAPH_RUNTIMES:
-            _log(f"{name}: runs in torch on every profile, nothing to export")
+        runtimes = {r for p, r in component.backends if profile is None or p == profile}
+        if not runtimes & _GRAPH_RUNTIMES:
+            _log(f"{name}: runs in torch on {'every' if profile is None else f'the {profile}'} profile, not exported")
             last_run[name] = TORCH_ONLY
             continue
         lora_file, content = with_merged_lora(component, contents[name], loras)
@@ -147,28 +145,22 @@ def export_family(
             dims=_dims_used(component, fam),
             options=OPTIONS,
             versions=versions,
-            parity_shapes=PARITY_SHAPES[fam.name],
+            parity_shapes=parity_shapes(fam.name),
         )
         entry = manifest["models"].get(name)
         folder = out_dir / name
-        if not force and mf.is_fresh(entry, key, folder / "model.onnx") and _files_fresh(entry, folder):
+        if not force and mf.is_fresh(entry, key, folder / "model.onnx") and mf.files_fresh(entry, folder):
             _log(f"{name}: unchanged, skipped")
             last_run[name] = UNCHANGED
             continue
         first = present[0]
         _log(f"{name}: exporting {component.subfolder}/ of {first} ({component.exporter})")
         # Export into a fresh folder and swap it in, so a reader never sees a half-written or unchecked model.
-        staging = out_dir / f".{name}.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with staged_folder(folder) as staging:
             fields, parameters = _export_one(
                 component, fam, Path(checkpoint_dirs[first]) / component.subfolder, staging, lora_file
             )
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        files = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.name != "model.onnx"}
+        files = mf.other_files(folder)
         size = (folder / "model.onnx").stat().st_size + sum(files.values())
         manifest["models"][name] = {
             "key": key,
@@ -192,11 +184,11 @@ def export_family(
             **fields,
             "bytes": size,
             "files": files,
-            "sha256": mf.file_sha256(folder / "model.onnx"),
+            "sha256": file_sha256(folder / "model.onnx"),
             "parameters": parameters,
             "initializer_prefix": INITIALIZER_PREFIX,
             **(
-                {"merged_lora": {"key": component.merged_lora, "sha256": mf.lora_hash(lora_file)}}
+                {"merged_lora": {"key": component.merged_lora, "sha256": file_sha256(lora_file)}}
                 if lora_file is not None
                 else {}
             ),

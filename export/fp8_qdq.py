@@ -36,7 +36,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import gc
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -48,10 +47,11 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from artifacts import file_sha256, folder_hash, place_file, staged_folder
 from components.adapters import INITIALIZER_PREFIX
 from components.fp8 import E4M3_MAX, fp8_layer_names
 from components.lora_merge import merge_lora
-from registry import CHECKPOINTS, LORAS, ROUTES, Component, Family, Task
+from registry import CHECKPOINTS, LORAS, ROUTES, TASKS, Component, Family
 
 from . import manifest as mf
 from .family import with_merged_lora
@@ -181,10 +181,11 @@ def calibrate(
 
     The component's module is the pipeline's own (`pipe.<role>`, a merged LoRA fused in as the export does), so the
     layers are named as in the exported graph minus the adapter prefix."""
-    if family.task is not Task.TEXT_TO_IMAGE:
+    media = [f.name for f in TASKS[family.pipelines[0].task].media if f.required]
+    if media:
         raise QdqError(
-            f"{component.triton_model}: calibration runs text-to-image pipelines only; {family.pipeline_class} needs "
-            "source images, which no calibration set provides yet"
+            f"{component.triton_model}: calibration runs pipelines on prompts only; {family.pipeline_class} needs "
+            f"{', '.join(media)}, which no calibration set provides yet"
         )
     settings = settings.resolved(checkpoint)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -270,10 +271,10 @@ def _scopes(node: onnx.NodeProto) -> list[str] | None:
 def absent_layers(graph: onnx.GraphProto, layers: Sequence[str], prefix: str = INITIALIZER_PREFIX) -> list[str]:
     """The layers the exporter dropped as dead code: no weight initializer and no node in the module's scope.
 
-    Qwen-Image's last block computes a text-stream output that nothing reads (only the image stream reaches
-    proj_out), so its to_add_out and txt_mlp run in torch but are not in the graph. A layer whose weight is missing
-    while nodes of its scope remain was renamed or rewritten instead: QdqError, as for a graph without the scope
-    metadata that tells the two apart."""
+    A dual-stream transformer's last block can compute a text-stream output that nothing reads (only the image
+    stream reaches proj_out): its text-stream output projection and MLP run in torch but are not in the graph. A
+    layer whose weight is missing while nodes of its scope remain was renamed or rewritten instead: QdqError, as for
+    a graph without the scope metadata that tells the two apart."""
     inits = {t.name for t in graph.initializer}
     missing = [layer for layer in layers if f"{prefix}{layer}.weight" not in inits]
     if not missing:
@@ -418,18 +419,13 @@ def write_qdq_onnx(source: Path, dest: Path, amax: Mapping[str, float]) -> dict[
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     for location in locations:
-        mf.place_file(source.parent / location, dest.parent / location)  # shared with the export, not copied
+        place_file(source.parent / location, dest.parent / location)  # shared with the export, not copied
     onnx.save(model, str(dest))
     onnx.checker.check_model(str(dest), full_check=True)  # types and shapes of every new node, FP8 included
     return counts
 
 
 # --- build when stale -----------------------------------------------------------------------------------------------
-
-
-def _files_fresh(entry: Mapping[str, Any], folder: Path) -> bool:
-    """The linked weight files are still there at their recorded sizes (hashing tens of GB would take minutes)."""
-    return all((folder / n).is_file() and (folder / n).stat().st_size == b for n, b in entry.get("files", {}).items())
 
 
 def qdq_path(qdq_dir: Path, component: Component) -> Path:
@@ -479,13 +475,13 @@ def build_qdq_onnx(
     if not present:
         raise QdqError(f"{name}: calibration runs its pipeline, and none of {list(component.checkpoints)} was given")
     checkpoint, checkpoint_dir = present[0], Path(checkpoint_dirs[present[0]])
-    lora_file, content = with_merged_lora(component, mf.content_hash(checkpoint_dir), loras)
+    lora_file, content = with_merged_lora(component, folder_hash(checkpoint_dir), loras)
     settings = (calibration or Calibration()).resolved(checkpoint)
     key = qdq_key(source_entry, content, settings, component.fp8_layers)
     out = qdq_path(qdq_dir, component)
     manifest = mf.load(qdq_dir)
     entry = manifest["models"].get(name)
-    if not force and mf.is_fresh(entry, key, out) and _files_fresh(entry, out.parent):
+    if not force and mf.is_fresh(entry, key, out) and mf.files_fresh(entry, out.parent):
         log(f"{name}: FP8 Q/DQ graph unchanged, skipped")
         return out, entry, UNCHANGED
 
@@ -494,14 +490,8 @@ def build_qdq_onnx(
     )
     gc.collect()  # the pipeline (tens of GB at full size) went with calibrate's frame; free it before writing
     # Written beside the final folder and swapped in: a reader never sees a half-written graph.
-    staging = qdq_dir / f".{name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_folder(out.parent) as staging:
         counts = write_qdq_onnx(source, staging / "model.onnx", amax)
-        shutil.rmtree(out.parent, ignore_errors=True)
-        staging.rename(out.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     entry = {
         "key": key,
         "family": family.name,
@@ -514,8 +504,8 @@ def build_qdq_onnx(
         "version": QDQ_VERSION,
         **counts,
         "activation_amax": amax,
-        "sha256": mf.file_sha256(out),
-        "files": {f.name: f.stat().st_size for f in sorted(out.parent.iterdir()) if f.name != out.name},
+        "sha256": file_sha256(out),
+        "files": mf.other_files(out.parent, out.name),
     }
     manifest["models"][name] = entry
     mf.save(qdq_dir, manifest)

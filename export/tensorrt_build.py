@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from artifacts import file_sha256, write_atomic
+from model_repository.plans import PLAN_VERSION, plan_filename
 from registry import FAMILIES, Component, Dim, Family
 
 from . import manifest as mf
@@ -42,13 +44,10 @@ Log = Callable[[str], None]
 BUILDER_VERSION = 1  # bump when this module changes what a build produces (part of every plan's key)
 PRECISIONS = ("fp32", "bf16", "fp8")
 TIMING_CACHE = "timing.cache"
-MODEL_VERSION = "1"  # the Triton model version folder plans go in (config.pbtxt pins version 1)
 
 # last_run values
 BUILT, UNCHANGED = "built", "unchanged"
 
-VAE_SCALE = 8  # pixels per latent cell in the FLUX and Qwen-Image VAEs (the pipelines' vae_scale_factor)
-PATCH = 2  # latent cells per transformer token side: FLUX and Qwen-Image pack 2x2 latent patches into one token
 
 # ONNX element types of FP8 tensors (onnx.TensorProto.FLOAT8*).
 _FP8_TYPES = {
@@ -71,7 +70,7 @@ class BuildError(RuntimeError):
 
 def component_dims(component: Component, family: Family) -> dict[str, Dim]:
     """The Dim ranges `component`'s engine profile covers: the family's, replaced by the component's own
-    `profile_dims` (registry) where it has them (the FLUX VAE: at most 1344 px)."""
+    `profile_dims` (registry) where it has them (a VAE capped below the family's largest size)."""
     dims = {d.name: d for d in family.dims}
     for d in component.profile_dims:
         dims[d.name] = d
@@ -81,23 +80,24 @@ def component_dims(component: Component, family: Family) -> dict[str, Dim]:
     return dims
 
 
-def dim_relation_problems(dims: Mapping[str, Dim]) -> list[str]:
+def dim_relation_problems(dims: Mapping[str, Dim], family: Family) -> list[str]:
     """Ranges that disagree with how the pipelines derive one size from another; [] when consistent.
 
-    height = VAE_SCALE * latent_height (same for width) at min, opt and max; image_tokens covers the packed latent,
-    (latent_height / PATCH) * (latent_width / PATCH): equal at opt, at most at min and at least at max (Qwen-Image-Edit
-    adds condition images' tokens to the same sequence, so its image_tokens range is wider than one image's).
-    Only names present in `dims` are checked, so this applies to a family's dims and to one component's."""
+    height = family.vae_scale * latent_height (same for width) at min, opt and max; image_tokens covers the packed
+    latent, (latent_height / patch) * (latent_width / patch): equal at opt, at most at min and at least at max (an
+    edit family adds condition images' tokens to the same sequence, so its image_tokens range is wider than one
+    image's). Only names present in `dims` are checked, so this applies to a family's dims and to one component's."""
+    scale, patch = family.vae_scale, family.patch
     problems = []
     for px, lat in (("height", "latent_height"), ("width", "latent_width")):
         if px in dims and lat in dims:
             for field in ("min", "opt", "max"):
                 p, q = getattr(dims[px], field), getattr(dims[lat], field)
-                if p != VAE_SCALE * q:
-                    problems.append(f"{px}.{field}={p} != {VAE_SCALE} * {lat}.{field}={q}")
+                if p != scale * q:
+                    problems.append(f"{px}.{field}={p} != {scale} * {lat}.{field}={q}")
     if {"image_tokens", "latent_height", "latent_width"} <= dims.keys():
         tokens, h, w = dims["image_tokens"], dims["latent_height"], dims["latent_width"]
-        packed = {f: (getattr(h, f) // PATCH) * (getattr(w, f) // PATCH) for f in ("min", "opt", "max")}
+        packed = {f: (getattr(h, f) // patch) * (getattr(w, f) // patch) for f in ("min", "opt", "max")}
         if tokens.min > packed["min"]:
             problems.append(f"image_tokens.min={tokens.min} > packed latent min {packed['min']}")
         if tokens.opt != packed["opt"]:
@@ -109,7 +109,7 @@ def dim_relation_problems(dims: Mapping[str, Dim]) -> list[str]:
 
 def narrower_than_family(component: Component, family: Family) -> dict[str, tuple[int, int]]:
     """Dims the component's profile covers less of than the family allows: name -> (profile max, family max).
-    A request inside the family's limits but outside these fails in this engine (e.g. the capped FLUX VAE)."""
+    A request inside the family's limits but outside these fails in this engine (e.g. a capped VAE)."""
     used = {d for spec in component.inputs for d in spec.dims if isinstance(d, str)}
     mine = component_dims(component, family)
     return {
@@ -207,31 +207,6 @@ def check_profiles(onnx_path: Path, profiles: Mapping[str, Profile]) -> None:
                 raise ValueError(f"{name} axis {axis} is {g} in the graph, the profile says {a}/{b}/{c}")
 
 
-# --- plan names -----------------------------------------------------------------------------------------------------
-
-
-def _sm(compute_capability: str) -> str:
-    if not re.fullmatch(r"\d+\.\d+", compute_capability):
-        raise ValueError(f"compute capability {compute_capability!r}: expected 'major.minor', e.g. '9.0'")
-    return "sm" + compute_capability.replace(".", "")
-
-
-def plan_filename(trt_version: str, compute_capability: str) -> str:
-    """'model.sm90.trt10.9.0.plan': a plan only runs on the GPU architecture and the TensorRT version that built it,
-    so both are in its name, and Triton picks it by the GPU's compute capability (cc_model_filenames)."""
-    if not re.fullmatch(r"\d+(\.\d+)*", trt_version):
-        raise ValueError(f"TensorRT version {trt_version!r}: expected dotted digits, e.g. '10.9.0'")
-    return f"model.{_sm(compute_capability)}.trt{trt_version}.plan"
-
-
-def cc_model_filenames(trt_version: str, capabilities: Iterable[str]) -> dict[str, str]:
-    """config.pbtxt's `cc_model_filenames` for a tensorrt_plan model: compute capability -> plan file. On a GPU
-    whose capability is not listed Triton falls back to the default `model.plan`, which this builder never writes,
-    so the model fails to load (not ready) instead of loading a plan built for another GPU or TensorRT."""
-    files = {cc: plan_filename(trt_version, cc) for cc in set(capabilities)}  # validates each cc first
-    return {cc: files[cc] for cc in sorted(files, key=lambda cc: tuple(int(p) for p in cc.split(".")))}
-
-
 # --- FP8 preconditions ----------------------------------------------------------------------------------------------
 
 
@@ -294,7 +269,7 @@ def require_fp8_qdq(onnx_path: Path) -> int:
 
 def refittable(component: Component, family: Family) -> bool:
     """Refittable when LoRA weights reach this component: it merges a LoRA, or it serves the role that a LoRA
-    touches elsewhere in its family (Qwen-Image's two transformers, base and Lightning-merged).
+    touches elsewhere in its family (two transformers of one checkpoint, one with a distillation LoRA merged).
 
     REFIT lets a LoRA update (or later, per-request LoRA) swap weights in seconds (refit_engine) instead of a full
     build; the cost is that TensorRT cannot fold those weights into constants, so other components stay
@@ -440,15 +415,6 @@ def _progress_monitor(trt: Any, printer: _ProgressPrinter) -> Any:
     return ProgressMonitor()
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with tmp.open("wb") as f:
-        f.write(data)
-    tmp.replace(path)  # a reader (Triton polling, a rerun) never sees half a plan
-    return path.stat().st_size
-
-
 def _precision_flags(precision: str, strongly_typed: bool) -> list[str]:
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
@@ -478,12 +444,12 @@ def build_engine(
 
     precision: "bf16" (default) sets BuilderFlag.BF16: TensorRT may run any layer in BF16 (FP32 where faster or
     unsupported). "fp32" sets no reduced-precision flag (TF32 matmuls, TensorRT's default), for modules BF16 hurts
-    (NVIDIA's FLUX demo builds its VAE in FP32). "fp8": TensorRT does not choose FP8 by itself; a layer runs in FP8
+    (NVIDIA's diffusion demo builds VAEs in FP32). "fp8": TensorRT does not choose FP8 by itself; a layer runs in FP8
     only between FP8 QuantizeLinear/DequantizeLinear nodes that a quantizer put into the ONNX graph (explicit
     quantization: NVIDIA ModelOpt calibrates the scales and leaves sensitive layers unquantized). So "fp8" refuses a
     graph without FP8 Q/DQ (checked on the CPU, before TensorRT loads) and otherwise builds like "bf16", the Q/DQ
     nodes fixing the FP8 layers. `strongly_typed=True` instead builds a strongly typed network (ModelOpt's BF16 +
-    FP8 export, as NVIDIA's FLUX demo does, and the only mode TensorRT 11 keeps): no precision flags, types come
+    FP8 export, as NVIDIA's diffusion demo does, and the only mode TensorRT 11 keeps): no precision flags, types come
     from the graph, and the I/O types too (so no `bf16_io`).
 
     profiles: input name -> (min, opt, max) shapes, one optimization profile. timing_cache_path: loaded when
@@ -564,8 +530,8 @@ def build_engine(
     seconds = time.perf_counter() - t0
     if serialized is None:
         raise BuildError(f"{onnx_path}: TensorRT could not build a plan (its log above says why)")
-    size = _write_atomic(out_path, memoryview(serialized))
-    _write_atomic(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
+    size = write_atomic(out_path, memoryview(serialized))
+    write_atomic(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
     log(f"[tensorrt] {out_path} built in {seconds:.1f}s, {size / 1e6:.1f} MB")
     return {
         "tensorrt": trt.__version__,
@@ -677,7 +643,7 @@ def refit_engine(
     if not refitter.refit_cuda_engine():
         raise BuildError(f"{engine_path}: refit failed (TensorRT's log above says why)")
     target = Path(out_path) if out_path is not None else engine_path
-    size = _write_atomic(target, memoryview(engine.serialize()))
+    size = write_atomic(target, memoryview(engine.serialize()))
     seconds = time.perf_counter() - t0
     log(f"[tensorrt] refitted {len(chosen)} weights ({len(weights)} new) into {target} in {seconds:.1f}s")
     return {"refitted": len(chosen), "new": len(weights), "seconds": round(seconds, 2), "bytes": size}
@@ -805,7 +771,7 @@ def build_family_engines(
     components: which to build; default, those whose registry GPU backend is "tensorrt" — none today (the GPU
     profile runs torch), so name them to build any. Each needs an exported ONNX in `onnx_dir` (export/ layout and
     manifest). precisions: triton model -> "fp32" | "bf16" | "fp8", overriding the registry's Component.precision
-    (FLUX's and Qwen's transformers say "fp8"). An "fp8" plan is built from the component's FP8 Q/DQ graph
+    (the transformers say "fp8"). An "fp8" plan is built from the component's FP8 Q/DQ graph
     (export/fp8_qdq.py: the registry's fp8_layers, activation scales calibrated by running the stock pipeline of
     `fp8.checkpoint_dirs`), written to <onnx_dir>/fp8_qdq when stale; without `fp8` an "fp8" component is refused
     before anything is built. The CPU profile keeps serving the FP32 export. capabilities:
@@ -846,7 +812,7 @@ def build_family_engines(
         record = manifest["models"].setdefault(name, {"family": family, "plans": {}})
         for cc in ccs:
             filename = plan_filename(version, cc)
-            plan = out_dir / name / MODEL_VERSION / filename
+            plan = out_dir / name / PLAN_VERSION / filename
             key = plan_key(
                 onnx_entry=job.onnx_entry,
                 precision=job.precision,
@@ -874,12 +840,12 @@ def build_family_engines(
                 log=log,
             )
             if entry and entry.get("file") != filename:  # one plan per GPU: the old TensorRT's plan goes
-                (out_dir / name / MODEL_VERSION / entry["file"]).unlink(missing_ok=True)
+                (out_dir / name / PLAN_VERSION / entry["file"]).unlink(missing_ok=True)
             record["plans"][cc] = {
                 **result,
                 "key": key,
                 "file": filename,
-                "sha256": mf.file_sha256(plan),
+                "sha256": file_sha256(plan),
                 "onnx_sha256": job.onnx_entry["sha256"],
                 "export_key": job.onnx_entry.get("key"),
                 "refittable": job.flags["refittable"],

@@ -1,9 +1,9 @@
-"""GPU speed-ups for a component's torch module, in the way the H100 anchors do it (flux-fast, Modal's FLUX
-example): fused QKV projections, a fused attention backend, FP8 row-wise matmuls for the transformer blocks' large
-linears, and torch.compile with its caches on disk.
+"""GPU speed-ups for a component's torch module, in the way the H100 anchors do it (Hugging Face's fast-diffusion
+recipes, Modal's diffusion examples): fused QKV projections, a fused attention backend, FP8 row-wise matmuls for
+the transformer blocks' large linears, and torch.compile with its caches on disk.
 
-Used by the GPU profile's torch component models and by perf/gpu_benchmark.py, so the benchmark times the code
-that serves. Nothing here runs on the CPU except the choice of layers (tested).
+Used by the GPU profile's torch component models and by the family folders' GPU benchmarks, so a benchmark times
+the code that serves. Nothing here runs on the CPU except the choice of layers (tested).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Acceleration:
     # CUDA graphs (torch.compile's "reduce-overhead" mode, one graph per input shape): one launch per step instead of
     # thousands of kernel launches, which a served step exposes (each BLS hand-off synchronises).
     cuda_graphs: bool = False
-    # Regional compilation: each repeated block compiled on its own (one compiled code for all 60 Qwen blocks);
+    # Regional compilation: each repeated block compiled on its own (one compiled code for all of a DiT's blocks);
     # the forward around them stays eager, so the served module's per-call tensors (rotary tables) pass freely.
     compile_blocks: bool = False
 

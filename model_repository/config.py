@@ -2,18 +2,19 @@
 
 Profiles: "cpu" (this machine, CI, `make serve`): every model on the python backend with KIND_CPU, components run by
 ONNX Runtime. "gpu" (the H100): KIND_GPU; components whose registry backend is "tensorrt" become TensorRT plans keyed
-by GPU compute capability so a plan never loads on a GPU it was not built for.
+by GPU compute capability so a plan never loads on a GPU it was not built for (names: plans.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from export.tensorrt_build import cc_model_filenames
-from registry import GPU_CAPABILITIES, TENSORRT_VERSION, Component, Family, PipelineModel, TensorSpec
+from registry import GPU_CAPABILITIES, TASKS, TENSORRT_VERSION, Component, Family, PipelineModel, TensorSpec
+
+from .plans import cc_model_filenames
 
 PROFILES = ("cpu", "gpu")
-# Compute capability -> plan file, named by TensorRT version too (export/tensorrt_build.py writes them).
+# Compute capability -> plan file, named by TensorRT version too (export/tensorrt_build.py writes them so).
 PLAN_FILES = cc_model_filenames(TENSORRT_VERSION, GPU_CAPABILITIES)
 
 
@@ -83,22 +84,15 @@ def component_config(component: Component, profile: str, params: Mapping[str, st
     )
 
 
-def pipeline_config(
-    family: Family,
-    inputs: Iterable[TensorSpec],
-    outputs: Iterable[TensorSpec],
-    profile: str,
-    params: Mapping[str, str],
-    pipeline: PipelineModel | None = None,
-) -> str:
-    """The config of one of `family`'s pipeline models (default: its first)."""
+def pipeline_config(family: Family, pipeline: PipelineModel, profile: str, params: Mapping[str, str]) -> str:
+    """The config of one of `family`'s pipeline models: its task's request and response tensors (registry/tasks.py)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
-    pipeline = pipeline or family.pipelines[0]
+    task = TASKS[pipeline.task]
     return (
         _header(pipeline.triton_model, 'backend: "python"')
-        + _tensors("input", inputs)
-        + _tensors("output", outputs)
+        + _tensors("input", task.inputs)
+        + _tensors("output", task.output.tensors)
         + _instance_group(profile)
         + _parameters({"family": family.name, "task": str(pipeline.task), "profile": profile, **params})
     )

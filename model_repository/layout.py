@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.manifest import place_file
-from registry import FAMILIES, PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX, Component, checkpoints_of
+from artifacts import place_file
+from registry import FAMILIES, SOURCE_PARAMETER_PREFIX, Component, checkpoints_of
 
 from .config import component_config, pipeline_config
+from .plans import PLAN_VERSION
 
 VERSION = "1"
 _SHIM = (
@@ -96,7 +97,7 @@ def _component(
     elif runtime == "tensorrt":
         # Plans built by export/tensorrt_build.py into plans_dir/<model>/1/, one per compute capability and named by
         # TensorRT version; the config's cc_model_filenames picks the one for the GPU it runs on.
-        source_dir = None if plans_dir is None else plans_dir / component.triton_model / VERSION
+        source_dir = None if plans_dir is None else plans_dir / component.triton_model / PLAN_VERSION
         plans = [] if source_dir is None else sorted(source_dir.glob("*.plan"))
         if not plans:
             raise FileNotFoundError(f"{component.triton_model}: no TensorRT plan in {source_dir}: build the engines")
@@ -141,9 +142,7 @@ def build_repository(
             params[SOURCE_PARAMETER_PREFIX + c.key] = checkpoints[c.key].label
         for pipeline in family.pipelines:
             model_dir = out / pipeline.triton_model
-            config = pipeline_config(
-                family, PIPELINE_INPUTS[pipeline.task], PIPELINE_OUTPUTS, profile, params, pipeline
-            )
+            config = pipeline_config(family, pipeline, profile, params)
             shim = _SHIM.format(module="model_repository.pipeline_model")
             if _write(model_dir / "config.pbtxt", config) | _write(model_dir / VERSION / "model.py", shim):
                 changed.add(pipeline.triton_model)

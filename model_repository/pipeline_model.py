@@ -1,19 +1,20 @@
-"""Triton python-backend model for a family's pipeline: decodes request tensors, runs the stock diffusers pipeline
-whose heavy modules call the component models by BLS, and answers images plus the serving checkpoint's label."""
+"""Triton python-backend model for a family's pipeline: decodes its task's request tensors, runs the pipeline whose
+heavy modules call the component models by BLS, and answers images plus the serving checkpoint's label."""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from registry import PIPELINE_INPUTS, SOURCE_PARAMETER_PREFIX, Task
+from registry import SOURCE_PARAMETER_PREFIX, TASKS, Kind, Task, TaskSpec
+from registry.tasks import CHECKPOINT, MEDIA
 
 from .bls import BlsClient
-from .pipelines import GenerationRequest, InvalidRequest, Pipelines
+from .pipelines import InvalidRequest, PipelineRequest, Pipelines
 
 
 def _tensor(request: object, name: str) -> torch.Tensor | None:
@@ -22,43 +23,25 @@ def _tensor(request: object, name: str) -> torch.Tensor | None:
     return None if tensor is None else torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu()
 
 
-def _scalar(request: object, name: str) -> object:
+def _decode(spec: TaskSpec, request: object, name: str) -> Any:
+    """One request tensor as its field's value: text as str, numbers as int/float, media as a uint8 array; None
+    when an optional input was left out (an empty text may arrive as no tensor at all: "")."""
     value = _tensor(request, name)
-    if value is None:  # an empty text (e.g. no negative prompt) may arrive as no tensor at all
-        return ""
-    if value.dtype == torch.uint8:  # text: UTF-8 bytes (registry.PIPELINE_INPUTS)
+    kind = Kind.TEXT if name == CHECKPOINT.name else spec.field_of(name).kind
+    if value is None:
+        return "" if kind in (Kind.TEXT, Kind.CHOICE) else None
+    if kind in (Kind.TEXT, Kind.CHOICE):  # UTF-8 bytes in a UINT8 tensor (registry/tasks.py)
         return bytes(value.tolist()).decode()
-    return value.reshape(-1)[0].item()
+    if kind in MEDIA:
+        return value.numpy().copy()
+    scalar = value.reshape(-1)[0].item()
+    return int(scalar) if kind is Kind.INTEGER else float(scalar)
 
 
-def _image(request: object, name: str) -> np.ndarray | None:
-    value = _tensor(request, name)
-    return None if value is None else value.numpy().copy()
-
-
-def _request(task: Task, request: object) -> GenerationRequest:
-    """The decoded request tensors of `task` (registry.PIPELINE_INPUTS)."""
-    names = {s.name for s in PIPELINE_INPUTS[task]}
-    fields: dict = {
-        "checkpoint": str(_scalar(request, "CHECKPOINT")),
-        "prompt": str(_scalar(request, "PROMPT")),
-        "negative_prompt": str(_scalar(request, "NEGATIVE_PROMPT")),
-        "steps": int(_scalar(request, "STEPS")),
-        "cfg": float(_scalar(request, "CFG")),
-        "seed": int(_scalar(request, "SEED")),
-        "num_images": int(_scalar(request, "NUM_IMAGES")),
-    }
-    if "WIDTH" in names:
-        fields |= {"width": int(_scalar(request, "WIDTH")), "height": int(_scalar(request, "HEIGHT"))}
-    if "DENOISE" in names:
-        fields["denoise"] = float(_scalar(request, "DENOISE"))
-    if "SOURCE_IMAGE" in names:
-        fields["source_image"] = _image(request, "SOURCE_IMAGE")
-    if "MASK_IMAGE" in names:
-        fields["mask_image"] = _image(request, "MASK_IMAGE")
-    references = [_image(request, n) for n in sorted(names) if n.startswith("REFERENCE_IMAGE_")]
-    fields["reference_images"] = tuple(r for r in references if r is not None)
-    return GenerationRequest(**fields)
+def _request(spec: TaskSpec, request: object) -> PipelineRequest:
+    """The decoded request tensors of `spec`'s task (TaskSpec.inputs)."""
+    values = {s.name: _decode(spec, request, s.name) for s in spec.inputs}
+    return PipelineRequest(checkpoint=str(values.pop(CHECKPOINT.name)), tensors=values)
 
 
 class TritonPythonModel:
@@ -71,10 +54,10 @@ class TritonPythonModel:
         gpu = params.get("profile") == "gpu"
         self.client = BlsClient(gpu=gpu, profile=os.environ.get("RYLA_PROFILE_BLS") == "1")
         device = torch.device("cuda", int(args.get("model_instance_device_id", 0))) if gpu else torch.device("cpu")
-        self.task = Task(params["task"])
+        self.task = TASKS[Task(params["task"])]
         self.pipelines = Pipelines(
             family=params["family"],
-            task=self.task,
+            task=self.task.task,
             checkpoint_dirs={k: params[f"checkpoint_dir.{k}"] for k in keys},
             labels={k: params[SOURCE_PARAMETER_PREFIX + k] for k in keys},
             client=self.client,
@@ -94,7 +77,7 @@ class TritonPythonModel:
                     "MODEL": torch.tensor(list(label.encode()), dtype=torch.uint8),
                     "PIPELINE_S": torch.tensor([seconds], dtype=torch.float32),
                 }
-                # By DLPack, not numpy: numpy outputs fail when the stub's environment has numpy 2 (see registry).
+                # By DLPack, not numpy: numpy outputs fail when the stub's environment has numpy 2 (registry/tasks.py).
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[
@@ -104,7 +87,9 @@ class TritonPythonModel:
                     )
                 )
             except InvalidRequest as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                # The client's fault: Triton's INVALID_ARG code, the field in the message (registry/contract.py).
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
             except Exception as exc:  # reported to the caller as an internal error, the model stays up
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"pipeline failed: {exc!r}")))
         return responses

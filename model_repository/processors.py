@@ -1,10 +1,10 @@
 """Loading a pipeline's multimodal processor where torchvision is missing (this CPU machine; never production).
 
-transformers 5.24's Qwen2VLProcessor cannot be constructed without its video processor, which needs torchvision;
-PyPI has no torchvision for the CPU torch 2.13 this machine runs. Edit pipelines only show the text encoder images,
-so without torchvision the processor is built from the same files minus the video processor: tokenizer and image
-processor (PIL backend), whose edit outputs matched the torchvision one to 1e-5. With torchvision (the NGC image on
-Modal, the H100 machine) the stock `from_pretrained` runs unchanged.
+In transformers 5.24 a vision-language processor that has a video processor cannot be constructed without
+torchvision, and PyPI has no torchvision for the CPU torch 2.13 this machine runs. Edit pipelines only show the
+text encoder images, so without torchvision the processor is built from the same files minus the video processor:
+tokenizer and image processor (PIL backend), whose edit outputs matched the torchvision one to 1e-5. With
+torchvision (the NGC image on Modal, the GPU machine) the stock `from_pretrained` runs unchanged.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On the GPU profile: CUDA, BF16, the registry's speed-ups (fused QKV, FP8 matmuls, torch.compile with on-disk caches,
 CUDA graphs); TensorRT plans replace it per component once they are built, with the same inputs and outputs. On the
-CPU profile (components the registry runs in torch everywhere, like Qwen2.5-VL): float32, as loaded.
+CPU profile (components the registry runs in torch everywhere, like a vision-language text encoder): float32, as loaded.
 A component with a merged LoRA (registry `merged_lora`) gets it fused into its weights at load.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import triton_python_backend_utils as pb_utils
 
-from components.adapters import ADAPTERS
+from components.adapters import adapter_of
 from components.lora_merge import merge_lora
 from registry import LORAS, component_of
 
@@ -25,7 +25,7 @@ from .accelerate import Acceleration, accelerate, enable_compile_cache
 
 def _check_cudnn(model_name: str) -> None:
     """Say loudly when this process cannot use the cuDNN torch was built with: torch then falls back to other
-    attention kernels without a word (a system cuDNN first on LD_LIBRARY_PATH cost Qwen-Image 20 % per step)."""
+    attention kernels without a word (a system cuDNN first on LD_LIBRARY_PATH cost a 20-block DiT 20 % per step)."""
     try:
         torch.backends.cudnn.version()
     except RuntimeError as exc:
@@ -39,7 +39,8 @@ class TritonPythonModel:
         family, self.component = component_of(args["model_name"])
         gpu = args.get("model_instance_kind") == "GPU"
         t0 = time.perf_counter()
-        module = ADAPTERS[self.component.exporter].load(Path(params["checkpoint_dir"]) / self.component.subfolder)
+        adapter = adapter_of(family.name, self.component.exporter)
+        module = adapter.load(Path(params["checkpoint_dir"]) / self.component.subfolder)
         if self.component.merged_lora:
             lora = LORAS[self.component.merged_lora]
             merge_lora(module.model, Path(params["merged_lora_file"]), family.pipeline_class, lora.scale)

@@ -3,7 +3,7 @@
 The binary needs libb64.so.0d and libcudart.so.12; the nvidia-pytriton wheel bundles both under hashed names, so we
 link them under their sonames in a private folder instead of installing system packages.
 
-    python -m perf.perf_analyzer --route /flux --url 127.0.0.1:8001 --concurrency 1:2 --width 256 --height 256
+    python -m perf.perf_analyzer --route <path> --url 127.0.0.1:8001 --concurrency 1:2 --width 256 --height 256
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from registry import PIPELINE_INPUTS, ROUTES, Component, Task, component_of, pipeline_model_of
+import numpy as np
+
+from registry import ROUTES, Component, SampleMedia, component_of, pipeline_model_of, task_of
+from registry.tasks import resolve
 from stack.triton_server import pytriton_dir
 
 _SONAMES = {"libb64-": "libb64.so.0d", "libcudart-": "libcudart.so.12"}
@@ -45,38 +48,33 @@ def library_dir(where: Path) -> Path:
 
 
 def request_values(route: str, **overrides: object) -> dict[str, object]:
-    """One request to the route's pipeline model, by input name: the route's defaults from the registry, a fixed
-    prompt and seed, and `overrides` (lower-case input names)."""
+    """One request to the route's pipeline model, by input name: the route's sample request with its defaults
+    (registry/tasks.py: media rendered as arrays of the route's default size), a fixed prompt-free seed 0, and
+    `overrides` by field name (prompt, width, steps, ...)."""
+    from api.samples import sample_pixels  # the rendering every sample request shares; no tritonclient behind it
+
     r = ROUTES[route]
-    if r.task is not Task.TEXT_TO_IMAGE:
-        raise ValueError(f"{route}: perf_analyzer configs cover text-to-image routes; {r.task} requests carry images")
-    values: dict[str, object] = {
-        "CHECKPOINT": r.checkpoint,
-        "PROMPT": "a lighthouse on a cliff at dawn",
-        "NEGATIVE_PROMPT": "",
-        "WIDTH": r.width,
-        "HEIGHT": r.height,
-        "STEPS": r.steps,
-        "CFG": r.cfg,
-        "SEED": 0,
-        "NUM_IMAGES": 1,
-    }
-    values.update({k.upper(): v for k, v in overrides.items()})
-    return values
+    spec = task_of(r)
+    values = {f.name: resolve(f.default, r) for f in spec.fields_of(r)}
+    values |= spec.sample_values(r, seed=0) | overrides
+    kinds = {f.name: f.kind for f in spec.fields}
+    values = {k: sample_pixels(v, kinds[k]) if isinstance(v, SampleMedia) else v for k, v in values.items()}
+    return spec.tensor_values(r, values)
 
 
 def input_data(route: str, **overrides: object) -> dict:
     """perf_analyzer's --input-data JSON for one request to the route's pipeline model."""
     values = request_values(route, **overrides)
-    task = ROUTES[route].task
 
     def tensor(value: object) -> dict:
-        if isinstance(value, str):  # text: UTF-8 bytes in a UINT8 tensor (registry.PIPELINE_INPUTS)
+        if isinstance(value, str):  # text: UTF-8 bytes in a UINT8 tensor (registry/tasks.py)
             data = list(value.encode())
             return {"content": data, "shape": [len(data)]}
+        if isinstance(value, np.ndarray):  # decoded media, as the API sends it
+            return {"content": value.reshape(-1).tolist(), "shape": list(value.shape)}
         return {"content": [value], "shape": [1]}
 
-    return {"data": [{s.name: tensor(values[s.name]) for s in PIPELINE_INPUTS[task]}]}
+    return {"data": [{name: tensor(value) for name, value in values.items() if value is not None}]}
 
 
 def component_shapes(component: Component, onnx_path: Path, sizes: dict[str, int]) -> dict[str, list[int]]:
@@ -173,7 +171,7 @@ def _is_number(text: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--route", default="/flux", choices=sorted(ROUTES))
+    parser.add_argument("--route", default=next(iter(ROUTES)), choices=sorted(ROUTES))
     parser.add_argument("--url", default="127.0.0.1:8001")
     parser.add_argument("--concurrency", default="1:2")
     parser.add_argument("--requests", type=int, default=5)
@@ -181,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--out", default="perf/results/local/perf_analyzer")
-    parser.add_argument("--component", help="a component model (e.g. flux_dev_transformer) instead of the route")
+    parser.add_argument("--component", help="a component model (a transformer's name) instead of the route")
     parser.add_argument("--repository", default="build/local/model_repository", help="where its model.onnx lies")
     args = parser.parse_args(argv)
     if args.component:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from model_repository.layout import CheckpointSource, build_repository
-from registry import PIPELINE_INPUTS, ROUTES, family_of
+from registry import ROUTES, family_of, pipeline_model_of, task_of
 from stack.triton_server import Ports, TritonServer
 
 from .perf_analyzer import request_values
@@ -35,12 +35,11 @@ class Served:
 
 def _request(route: str, width: int, height: int, steps: int | None = None) -> dict:
     """The benchmark's request (its prompt and seed, so the image compares with the eager one), route defaults."""
-    values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height)
-    if steps is not None:
-        values["STEPS"] = steps
-    task = ROUTES[route].task
+    overrides = {"steps": steps} if steps is not None else {}
+    values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height, **overrides)
     # text as bytes: triton_http sends it as UTF-8 in a UINT8 tensor
-    return {s.name: (s.dtype, v.encode() if isinstance(v := values[s.name], str) else v) for s in PIPELINE_INPUTS[task]}
+    specs = task_of(ROUTES[route]).inputs
+    return {s.name: (s.dtype, v.encode() if isinstance(v := values[s.name], str) else v) for s in specs}
 
 
 def run_served(
@@ -71,12 +70,13 @@ def run_served(
     )
     log(f"GPU repository: {', '.join(names)}")
     request = _request(route, width, height)
-    server, ready_s, first_image_s = _cold_start(repository, work, family.triton_pipeline, request, "cold", log)
+    pipeline = pipeline_model_of(route)
+    server, ready_s, first_image_s = _cold_start(repository, work, pipeline, request, "cold", log)
     try:
         times = []
         for _ in range(repeats):
             t1 = time.perf_counter()
-            out = infer(server.http_url, family.triton_pipeline, request)
+            out = infer(server.http_url, pipeline, request)
             times.append(time.perf_counter() - t1)
         profile = [ln for ln in (work / "triton-cold.log").read_text().splitlines() if " calls" in ln]
         if profile:  # RYLA_PROFILE_BLS=1: where the served time went, per component
@@ -86,9 +86,9 @@ def run_served(
         at_steps = {}
         for n in steps:
             other = _request(route, width, height, n)
-            infer(server.http_url, family.triton_pipeline, other)  # a new step count: schedulers, no compile
+            infer(server.http_url, pipeline, other)  # a new step count: schedulers, no compile
             t1 = time.perf_counter()
-            infer(server.http_url, family.triton_pipeline, other)
+            infer(server.http_url, pipeline, other)
             at_steps[n] = time.perf_counter() - t1
             log(f"served end to end at {n} steps: {at_steps[n]:.3f} s")
     finally:
@@ -97,7 +97,7 @@ def run_served(
     if restart:
         # A restart as a new container with the same Volume would see it: compiled artifacts cached on disk.
         server, warm_ready_s, warm_first_image_s = _cold_start(
-            repository, work, family.triton_pipeline, request, "warm", log
+            repository, work, pipeline, request, "warm", log
         )
         server.stop()
     return Served(

@@ -1,13 +1,16 @@
-"""The single source of truth for routes, checkpoints, model families and app groups."""
+"""The single source of truth for routes, checkpoints, model families, app groups and tasks.
+
+The entries are declared by the family folders (families/) in the shapes of spec.py and collected by catalog.py;
+each task's request fields and outputs are declared once in tasks.py.
+"""
 
 from .catalog import (
     CHECKPOINTS,
     FAMILIES,
+    FOLDER_OF,
     GPU_CAPABILITIES,
     GROUPS,
     LORAS,
-    PIPELINE_INPUTS,
-    PIPELINE_OUTPUTS,
     ROUTES,
     TENSORRT_VERSION,
     checkpoints_of,
@@ -23,6 +26,7 @@ from .spec import (
     AppGroup,
     Checkpoint,
     Component,
+    Declaration,
     Dim,
     Family,
     Guidance,
@@ -33,37 +37,51 @@ from .spec import (
     Task,
     TensorSpec,
 )
+from .tasks import TASKS, Field, FromRoute, Kind, Output, SampleMedia, TaskSpec
 
 __all__ = [
     "CHECKPOINTS",
-    "SOURCE_PARAMETER_PREFIX",
-    "invalid_request_message",
-    "parse_invalid_request",
     "FAMILIES",
+    "FOLDER_OF",
     "GPU_CAPABILITIES",
     "GROUPS",
     "LORAS",
-    "Lora",
-    "PipelineModel",
-    "PIPELINE_INPUTS",
-    "PIPELINE_OUTPUTS",
     "ROUTES",
+    "SOURCE_PARAMETER_PREFIX",
+    "TASKS",
     "TENSORRT_VERSION",
     "AppGroup",
     "Checkpoint",
     "Component",
+    "Declaration",
     "Dim",
     "Family",
+    "Field",
+    "FromRoute",
     "Guidance",
+    "Kind",
     "Limits",
+    "Lora",
+    "Output",
+    "PipelineModel",
     "Route",
+    "SampleMedia",
     "Task",
+    "TaskSpec",
     "TensorSpec",
     "checkpoints_of",
     "component_of",
     "family_of",
+    "invalid_request_message",
     "loras_of",
+    "parse_invalid_request",
     "pipeline_model_of",
     "route",
     "routes_of",
+    "task_of",
 ]
+
+
+def task_of(route: Route) -> TaskSpec:
+    """The declaration of the task `route` serves."""
+    return TASKS[route.task]

@@ -1,25 +1,31 @@
 """Messages that cross the wire between the Triton pipeline models and api/.
 
 A pipeline model that rejects a request for a reason only the model knows (a prompt over the text encoder's token
-limit) raises a Triton error whose message starts with `invalid_request field=<field>:`; api/ turns it into a 422
-naming that field instead of a 500.
+limit) answers with Triton's INVALID_ARG error code (gRPC INVALID_ARGUMENT) and a JSON message naming the field;
+api/ turns it into a 422 naming that field instead of a 500. Triton 2.51's python backend passes both through
+unchanged (`pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)`).
 """
 
 from __future__ import annotations
 
-import re
-
-_INVALID = re.compile(r"invalid_request field=(?P<field>[A-Za-z0-9_]+): (?P<message>.*)", re.DOTALL)
+import json
 
 
 def invalid_request_message(field: str, message: str) -> str:
-    return f"invalid_request field={field}: {message}"
+    return json.dumps({"field": field, "message": message})
 
 
 def parse_invalid_request(text: str) -> tuple[str, str] | None:
-    """(field, message) when `text` carries an invalid_request error, wherever Triton put it in its message."""
-    m = _INVALID.search(text)
-    return (m["field"], m["message"].strip()) if m else None
+    """(field, message) of a message written by invalid_request_message; None for any other text (Triton's own
+    INVALID_ARG errors, about tensors our API sent, are not the client's fault)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or set(value) != {"field", "message"}:
+        return None
+    field, message = value["field"], value["message"]
+    return (field, message) if isinstance(field, str) and isinstance(message, str) and field else None
 
 
 # Triton model config parameter under which a pipeline model names the source of each checkpoint it serves:

@@ -1,7 +1,8 @@
 """The shapes of registry entries: checkpoints, components, families, routes and app groups.
 
-Pure data, no imports of torch, diffusers or any other stage of ours: api/, export/, model_repository/ and perf/
-all read these, so each fact about a route or a model lives here once.
+Pure data, no imports of torch, diffusers or any other stage of ours: each family folder (families/) declares its
+entries in these shapes, and api/, export/, model_repository/ and perf/ all read them, so each fact about a route or
+a model lives in one place.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from enum import StrEnum
 
 
 class Task(StrEnum):
+    """What a route does; each task's request fields and outputs are declared once, in registry/tasks.py."""
+
     TEXT_TO_IMAGE = "text_to_image"
     EDIT = "edit"  # source_image (+ reference_images) edited by an instruction
     INPAINT = "inpaint"  # source_image repainted where mask_image is white
@@ -20,11 +23,11 @@ class Task(StrEnum):
 class Guidance(StrEnum):
     """How a checkpoint uses the route's `cfg` knob (api.md, "Routes")."""
 
-    # Distilled without guidance (FLUX-schnell): no guidance at cfg <= 1, true CFG against negative_prompt above.
+    # Distilled without guidance: no guidance at cfg <= 1, true CFG against negative_prompt above.
     NONE_OR_TRUE_CFG = "none_or_true_cfg"
-    # Guidance-distilled (FLUX-dev): cfg is fed to the transformer's guidance embedding; one pass per step.
+    # Guidance-distilled: cfg is fed to the transformer's guidance embedding; one pass per step.
     DISTILLED = "distilled"
-    # True classifier-free guidance (Qwen-Image, Wan, SDXL): two passes per step.
+    # True classifier-free guidance: two passes per step.
     TRUE_CFG = "true_cfg"
 
 
@@ -55,10 +58,11 @@ class Lora:
     """A LoRA file: merged into a component at build time (Component.merged_lora) or applied per request."""
 
     key: str
+    family: str  # the model family whose modules it adapts
     hub_id: str
     weight_name: str  # the .safetensors file in the hub repo
     revision: str  # a 40-hex commit SHA once pinned ("main" = not yet pinned)
-    tiny: str  # the tiny builder (checkpoints/tiny.py) writing a random LoRA of the same key layout
+    tiny: str  # the family's tiny builder writing a random LoRA of the same key layout
     scale: float = 1.0
 
 
@@ -71,7 +75,7 @@ class Checkpoint:
     # A 40-hex commit SHA once pinned; "main" marks an entry not yet pinned, which the hub loader refuses.
     revision: str
     family: str
-    tiny: str  # name of the tiny random-weight builder in checkpoints/tiny.py
+    tiny: str  # name of the family's tiny random-weight builder (its folder's tiny.py)
     guidance: Guidance
     max_sequence_length: int  # the text encoder's token limit for a prompt
     # Scheduler config values that differ from the checkpoint's scheduler_config.json (e.g. a distilled LoRA's
@@ -94,18 +98,19 @@ class Component:
     """One heavy module of a pipeline, served as its own Triton model.
 
     `checkpoints` lists every checkpoint whose subfolder holds this exact module; the first one is exported and the
-    others must carry identical weights (export/ checks the content hash), so FLUX-dev and -schnell share one T5.
+    others must carry identical weights (export/ checks the content hash), so two checkpoints of a family can share
+    one text encoder.
     """
 
     triton_model: str
     role: str  # the pipeline attribute the proxy replaces: text_encoder, text_encoder_2, transformer, vae
     subfolder: str  # diffusers subfolder in the checkpoint
-    exporter: str  # the export/ adapter that wraps it for ONNX
+    exporter: str  # the adapter (components/ or the family folder's adapters.py) that wraps it for ONNX and torch
     checkpoints: tuple[str, ...]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     # Runtime per serving profile: "onnxruntime" (CPU), "torch" (the diffusers module on CUDA inside the python
-    # backend, tensors passed by DLPack), "tensorrt" (a plan; issue 6 switches the GPU profile to it per component).
+    # backend, tensors passed by DLPack), "tensorrt" (a plan).
     backends: tuple[tuple[str, str], ...] = (("cpu", "onnxruntime"), ("gpu", "torch"))
     precision: str = "bf16"  # GPU weights; "fp8" runs the transformer blocks' large matmuls in FP8
     # torch runtime speed-ups (model_repository/accelerate.py): "fuse_qkv", "compile", and FP8 follows precision.
@@ -116,7 +121,7 @@ class Component:
     # built over the family's whole image range.
     profile_dims: tuple[Dim, ...] = ()
     # The linears that run in FP8 when precision is "fp8": a regular expression, full match, over the names of the
-    # diffusers module's named_modules() ("transformer_blocks.0.attn.to_q"; no adapter prefix). One choice for every
+    # diffusers module's named_modules() ("blocks.0.attn.to_q"; no adapter prefix). One choice for every
     # runtime: the torch GPU path (components/fp8.py) and the TensorRT Q/DQ graph (export/fp8_qdq.py) both read
     # it, then keep only Linears in use whose in/out features are multiples of 16 (FP8 GEMM sizes).
     fp8_layers: str | None = None
@@ -133,35 +138,36 @@ class Component:
 
 @dataclass(frozen=True)
 class PipelineModel:
-    """A Triton pipeline model: one stock diffusers pipeline class serving one task over the family's components."""
+    """A Triton pipeline model: one pipeline class (diffusers', or the family's own) serving one task over the
+    family's components."""
 
-    task: Task  # fixes the model's request tensors (PIPELINE_INPUTS)
-    pipeline_class: str  # the diffusers pipeline class it wraps
+    task: Task  # fixes the model's request tensors (registry/tasks.py)
+    pipeline_class: str  # the diffusers pipeline class it wraps, or one the family folder builds (its pipeline.py)
     triton_model: str
 
 
 @dataclass(frozen=True)
 class Family:
+    """A model family: components served as Triton models and the pipeline models that call them."""
+
     name: str
-    pipeline_class: str  # the diffusers pipeline class the (first) pipeline model wraps
-    task: Task  # what its (first) pipeline model does; fixes that model's inputs (PIPELINE_INPUTS)
-    # the tokenizer whose token count Checkpoint.max_sequence_length bounds (FLUX: T5's, CLIP truncates at 77)
+    # the tokenizer whose token count Checkpoint.max_sequence_length bounds
     prompt_tokenizer: str
-    triton_pipeline: str
+    pipelines: tuple[PipelineModel, ...]  # the first one's pipeline class also converts LoRA keys and calibrates
     components: tuple[Component, ...]
     dims: tuple[Dim, ...]  # the ranges of every symbolic dim its components use
-    # Further pipeline models over the same components (Qwen-Image-Edit: the inpainting pipeline).
-    more_pipelines: tuple[PipelineModel, ...] = ()
+    vae_scale: int = 8  # pixels per latent cell (the pipelines' vae_scale_factor)
+    patch: int = 2  # latent cells per transformer token side (2x2 patches packed into one token)
 
     @property
-    def pipelines(self) -> tuple[PipelineModel, ...]:
-        return (PipelineModel(self.task, self.pipeline_class, self.triton_pipeline), *self.more_pipelines)
+    def pipeline_class(self) -> str:
+        return self.pipelines[0].pipeline_class
 
     def pipeline_for(self, task: Task) -> PipelineModel:
-        for pipeline in self.pipelines:
-            if pipeline.task is task:
-                return pipeline
-        raise KeyError(f"family {self.name} has no pipeline for {task}")
+        by_task = {p.task: p for p in self.pipelines}
+        if task not in by_task:
+            raise KeyError(f"family {self.name} has no pipeline for {task}")
+        return by_task[task]
 
     def dim(self, name: str) -> Dim:
         return next(d for d in self.dims if d.name == name)
@@ -216,3 +222,14 @@ class AppGroup:
     max_queue: int = 8  # waiting requests beyond which the group answers 429
     scaledown_window_s: int = 300
     startup_timeout_s: int = 1200
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What one family folder adds to the registry (families/<folder>/__init__.py's DECLARATION)."""
+
+    families: tuple[Family, ...]
+    checkpoints: tuple[Checkpoint, ...]
+    routes: tuple[Route, ...]
+    groups: tuple[AppGroup, ...] = ()
+    loras: tuple[Lora, ...] = ()

@@ -6,6 +6,7 @@ Ctrl-C stops the API, then Triton (which unloads its models), and exits.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from .local import REPO_ROOT, BuildDirs, build_local_repository
+from api.samples import sample_body
+from registry import ROUTES
+
+from .build import REPO_ROOT, BuildDirs, build
 from .triton_server import Ports, TritonServer
 
 
@@ -34,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     # Stop the same way on Ctrl-C and on `kill`, even when started from a shell that ignores SIGINT in background jobs.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    dirs = BuildDirs(Path(args.build_dir))
+    dirs = BuildDirs.under(Path(args.build_dir))
     t0 = time.perf_counter()
-    repository = build_local_repository(dirs)
+    build(dirs)
     print(f"[serve] built in {time.perf_counter() - t0:.1f}s; starting tritonserver", flush=True)
 
     triton = TritonServer(
-        repository=repository,
+        repository=dirs.repository,
         backends_dir=dirs.backends,
         ports=Ports(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
         log_path=dirs.root / "tritonserver.log",
@@ -52,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, RYLA_TRITON_GRPC_URL=triton.grpc_url)
         api = subprocess.Popen([sys.executable, "-m", "api", "--host", args.host, "--port", str(args.port)], env=env)
         base = f"http://{args.host}:{args.port}"
+        route = next(iter(ROUTES.values()))
+        body = json.dumps(sample_body(route, size=route.limits.min_size, seed=None))
         print(
             f"[serve] API on {base} (docs: {base}/docs). Try:\n"
-            f"  curl -s -X POST {base}/flux -H 'content-type: application/json' "
-            f'-d \'{{"prompt": "a red fox", "width": 256, "height": 256}}\' -o fox.png\n'
+            f"  curl -s -X POST {base}{route.path} -H 'content-type: application/json' -d '{body}' -o out.png\n"
             "[serve] Ctrl-C stops everything.",
             flush=True,
         )

@@ -83,7 +83,7 @@ class TritonInstall:
         # libpython of another patch release, and stdlib extensions of this one then fail to import. Only that one
         # library goes first (a folder holding a link to it), not the interpreter's LIBDIR: that can be
         # /usr/lib/x86_64-linux-gnu, whose cuDNN (9.14 on the GPU machine) then shadows the one torch bundles (9.19),
-        # and torch silently loses cuDNN attention (measured: 0.96 -> 1.66 ms per Qwen-Image block, flash instead).
+        # and torch silently loses cuDNN attention (measured: 0.96 -> 1.66 ms per DiT block, flash instead).
         own = libpython_dir(backends_dir) if backends_dir is not None else None
         paths = (str(own) if own and own.is_dir() else "", str(self.libs), env.get("LD_LIBRARY_PATH", ""))
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.local import REPO_ROOT, BuildDirs, build_local_repository
+from stack.build import REPO_ROOT, BuildDirs, build
 from stack.triton_server import Ports, TritonServer
 
 STACK_DIR = REPO_ROOT / ".cache" / "test-stack"
@@ -31,12 +31,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def stack_dirs() -> BuildDirs:
-    return BuildDirs(STACK_DIR)
+    return BuildDirs.under(STACK_DIR)
 
 
 @pytest.fixture(scope="session")
 def model_repository(stack_dirs: BuildDirs) -> Path:
-    return build_local_repository(stack_dirs)
+    build(stack_dirs)
+    return stack_dirs.repository
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +46,7 @@ def triton(model_repository: Path, stack_dirs: BuildDirs) -> Iterator[TritonServ
         repository=model_repository,
         backends_dir=stack_dirs.backends,
         ports=Ports(free_port(), free_port(), free_port()),
-        log_path=stack_dirs.root / "tritonserver-test.log",
+        log_path=STACK_DIR / "tritonserver-test.log",
     ).start()
     try:
         server.wait_ready(timeout_s=300)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .tokenizers_offline import train_clip_tokenizer, train_t5_tokenizer
+from checkpoints.tokenizers_offline import train_clip_tokenizer, train_t5_tokenizer
 
 SHARED_SEED = 0
 TRANSFORMER_SEEDS = {"schnell": 1, "dev": 2}
@@ -146,3 +148,10 @@ def build(variant: str, out: Path) -> None:
         # of the real layout (CLIP's vocab.json/merges.txt, T5's spiece.model).
         for name in ("tokenizer", "tokenizer_2"):
             shutil.copytree(Path(tmp) / name, out / name, dirs_exist_ok=True)
+
+
+# Checkpoint.tiny -> the builder writing that folder.
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "flux-schnell": partial(build, "schnell"),
+    "flux-dev": partial(build, "dev"),
+}

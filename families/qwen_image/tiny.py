@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .tokenizers_offline import train_qwen2_tokenizer
+from .tokenizer import train_qwen2_tokenizer
 
 SHARED_SEED = 10
 TRANSFORMER_SEEDS = {"2512": 11, "edit-2511": 12}
@@ -310,14 +312,9 @@ def build_lightning(out: Path) -> None:
     save_file(lightning_state_dict(), out / LIGHTNING_FILE)
 
 
-def processor_override(folder: Path) -> dict[str, Any]:
-    """from_pretrained kwargs that let the edit pipelines load `folder` in an environment without torchvision
-    (model_repository/processors.py says why); {} where torchvision exists."""
-    from transformers import Qwen2VLProcessor
-    from transformers.utils import is_torchvision_available
-
-    from model_repository.processors import load_processor
-
-    if is_torchvision_available():
-        return {}
-    return {"processor": load_processor(Qwen2VLProcessor, Path(folder), "processor")}
+# Checkpoint.tiny / Lora.tiny -> the builder writing that folder.
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "qwen-image-2512": partial(build, "2512"),
+    "qwen-image-edit-2511": partial(build, "edit-2511"),
+    "qwen-image-lightning": build_lightning,
+}

@@ -5,7 +5,7 @@ Full-size Qwen2.5-VL-7B (text 28 layers x 3584, vision tower 32 blocks) with ran
 driven through the stock pipelines' own `encode_prompt`: text to image (chat template + prompt) and an edit (template,
 one 384² condition image through the vision tower, instruction), each for prompts at and with CFG's negative.
 
-    python -m perf.qwen_text_encoder_benchmark --out perf/results/h100
+    python -m families.qwen_image.text_encoder_benchmark --out perf/results/h100
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .gpu_benchmark import log
+from perf.report import log
 
 # The released Qwen2.5-VL-7B-Instruct sizes; token ids (image pad etc.) stay the tiny tokenizer's.
 TEXT = dict(

@@ -7,30 +7,28 @@ ms per transformer step at the given resolution, end-to-end seconds (text encode
 MFU against the H100's dense BF16 peak (FLOPs from torch.utils.flop_counter), cost per image, and the PSNR of the
 image against the eager BF16 image on the same seed. Writes a CSV and a PNG plot.
 
-    python -m perf.gpu_benchmark --model dev --out perf/results/h100 --variants eager,compile,compile_fp8
+    python -m families.flux.benchmark --model dev --out perf/results/h100 --variants eager,compile,compile_fp8
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from model_repository.accelerate import Acceleration, accelerate, enable_compile_cache
+from perf.metrics import cost_usd, mfu, psnr
+from perf.report import Row, cuda_ms, log, transformer_flops, write_outputs
+from perf.served import PROMPT, SEED, run_served
 from registry import CHECKPOINTS, ROUTES, Guidance, component_of
-
-from .metrics import cost_usd, mfu, psnr
-from .served import PROMPT, SEED, run_served
 
 # The real FLUX.1 configs (diffusers layout); only the weights are random.
 FLUX_TRANSFORMER = dict(
@@ -104,31 +102,6 @@ VARIANTS: dict[str, Acceleration | None] = {
 }
 
 
-@dataclass
-class Row:
-    device: str
-    model: str
-    variant: str
-    width: int
-    height: int
-    steps: int
-    step_ms: float
-    end_to_end_s: float
-    peak_memory_gb: float
-    mfu: float
-    cost_usd: float
-    psnr_vs_eager_db: float
-    compile_s: float
-    ready_s: float = float("nan")  # served: tritonserver start -> models loaded
-    first_image_s: float = float("nan")  # served: tritonserver start -> first image (cold start, no compile cache)
-    warm_ready_s: float = float("nan")  # served, restarted with compile caches on disk: start -> models loaded
-    warm_first_image_s: float = float("nan")  # ... -> first image
-
-
-def log(message: str) -> None:
-    print(f"[gpu_benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def build_pipeline(model: str, tokenizer_dir: Path):  # noqa: ANN201 - a FluxPipeline
     """FLUX.1-`model` with random weights on the GPU in BF16; the tiny checkpoint lends tokenizers and scheduler."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -175,28 +148,6 @@ def transformer_inputs(pipe, model: str, width: int, height: int) -> dict:  # no
     return kwargs
 
 
-def cuda_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of `fn` by CUDA events, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def transformer_flops(pipe, inputs: dict) -> float:  # noqa: ANN001
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        pipe.transformer(**inputs)
-    return float(counter.get_total_flops())
-
-
 def end_to_end(pipe, model: str, width: int, height: int, repeats: int) -> tuple[float, np.ndarray]:  # noqa: ANN001
     steps, _, seq, scale = MODELS[model]
 
@@ -222,38 +173,6 @@ def end_to_end(pipe, model: str, width: int, height: int, repeats: int) -> tuple
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), image
-
-
-def write_outputs(rows: list[Row], out: Path, name: str = "flux") -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    device = rows[0].device.replace(" ", "_")
-    csv_path = out / f"{name}_{device}.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
-    log(f"wrote {csv_path}")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib missing: no plot")
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{r.model}\n{r.variant}" for r in rows]
-    axes[0].bar(labels, [r.step_ms for r in rows], color="tab:blue")
-    axes[0].set_ylabel(f"ms per transformer step ({rows[0].width}x{rows[0].height})")
-    axes[1].bar(labels, [r.end_to_end_s for r in rows], color="tab:orange")
-    axes[1].set_ylabel("end-to-end seconds")
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"{name} on {rows[0].device}: diffusers eager vs ours")
-    fig.tight_layout()
-    png = out / f"{name}_{device}.png"
-    fig.savefig(png, dpi=120)
-    log(f"wrote {png}")
 
 
 def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Row]) -> None:
@@ -310,7 +229,7 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
         )
         log(json.dumps(asdict(row)))
         rows.append(row)
-        write_outputs(rows, args.out)
+        write_outputs(rows, args.out, "flux")
     if not args.served:
         return
     pipe = inputs = None  # free the in-process pipeline: the served one needs the GPU
@@ -349,7 +268,7 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
     )
     log(json.dumps(asdict(row)))
     rows.append(row)
-    write_outputs(rows, args.out)
+    write_outputs(rows, args.out, "flux")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ The Qwen2.5-VL text encoder runs once per request and is left out: prompt embedd
 Rows: ms per transformer forward (batch 1) at 1328², 50 steps + CFG end to end, and 4 steps without CFG (the fast
 route's shape; the merged Lightning LoRA costs nothing per step), MFU, cost, PSNR against eager on the same seed.
 
-    python -m perf.qwen_benchmark --out perf/results/h100
+    python -m families.qwen_image.benchmark --out perf/results/h100
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from model_repository.accelerate import Acceleration, accelerate, enable_compile_cache
+from perf.metrics import cost_usd, mfu, psnr
+from perf.report import Row, cuda_ms, log, transformer_flops, write_outputs
 from registry import ROUTES, component_of
-
-from .gpu_benchmark import Row, cuda_ms, log, transformer_flops, write_outputs
-from .metrics import cost_usd, mfu, psnr
 
 QWEN_TRANSFORMER = dict(
     patch_size=2,
@@ -159,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         DEVICE, DTYPE = "cpu", torch.float32
     enable_compile_cache(args.compile_cache)
     from checkpoints.tiny import build_tiny
-    from model_repository.proxies import QwenTransformerProxy
+
+    from .proxies import QwenTransformerProxy
 
     device = torch.cuda.get_device_name().replace("NVIDIA ", "") if DEVICE == "cuda" else "cpu smoke"
     quality, fast = ROUTES["/qwen-image-2512"], ROUTES["/qwen-image-2512-fast"]
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 step = lambda: stock(**step_inputs)  # noqa: E731
             else:
                 if served is None:  # from here on the pipeline runs our serving path
-                    from components.adapters import QwenTransformer
-                    from components.qwen_rope import QwenRope
+                    from .adapters import QwenTransformer
+                    from .rope import QwenRope
 
                     served = QwenTransformer(stock)  # the module our torch runtime serves (real-arithmetic RoPE)
                     _, component = component_of("qwen_image_transformer")

@@ -8,8 +8,8 @@ layers; the tiny checkpoint lends tokenizer and scheduler. Fewer blocks because 
 cannot hold the 41 GB transformer beside the 16 GB text encoder and their copies in memory; the time per transformer
 block scales the step time to the whole model (the `scaled_to_60_layers` rows, an estimate).
 
-    python -m perf.qwen_served --out perf/results/h100          # GPU: ~15 min of which ~5 are compiling
-    python -m perf.qwen_served --smoke                           # CPU: checkpoint assembly and the plain side only
+    python -m families.qwen_image.served_benchmark --out perf/results/h100  # GPU: ~15 min, ~5 of them compiling
+    python -m families.qwen_image.served_benchmark --smoke  # CPU: checkpoint assembly and the plain side only
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perf.metrics import cost_usd, psnr
+from perf.report import Row, log, write_outputs
+from perf.served import PROMPT, SEED, run_served
 from registry import CHECKPOINTS, ROUTES
-
-from .gpu_benchmark import Row, log, write_outputs
-from .metrics import cost_usd, psnr
-from .served import PROMPT, SEED, run_served
 
 ROUTE = "/qwen-image-2512"
 FULL_LAYERS = 60
@@ -42,8 +41,8 @@ def build_checkpoint(out: Path, layers: int, text_layers: int, smoke: bool) -> P
 
     from checkpoints.tiny import build_tiny
 
-    from .qwen_benchmark import QWEN_TRANSFORMER
-    from .qwen_text_encoder_benchmark import build as build_text_encoder
+    from .benchmark import QWEN_TRANSFORMER
+    from .text_encoder_benchmark import build as build_text_encoder
 
     tiny = build_tiny(ROUTES[ROUTE].checkpoint, Path(tempfile.gettempdir()) / "ryla-tiny")
     if out.exists():

@@ -1,0 +1,395 @@
+"""Each task declared once: the request fields a route of that task takes (api.md, "Request fields") with their
+rules and defaults, the tensor each becomes on its way into the Triton pipeline model, the pipeline keyword it
+becomes there, the output the task answers, and a sample request.
+
+Everything that speaks a task derives from these declarations: the API's request models and media decoding
+(api/), the pipeline model's request parsing and call (model_repository/), the warm-up and smoke bodies
+(triton_modal.py), perf_analyzer's inputs (perf/) and the tests' valid bodies. Pure data and plain functions: no
+pydantic, numpy or PIL here.
+
+A field's route-dependent values (its default, its limits) are `FromRoute` references, read off the route when a
+request model is built: `FromRoute("steps")` is `route.steps`, `FromRoute("limits.max_steps")` its ceiling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .spec import Route, Task, TensorSpec
+
+MAX_SEED = 2**32 - 1
+IMAGE_FORMATS = ("png", "jpeg", "webp")  # output_format of image answers (api/encoding.py encodes each)
+
+
+class Kind(StrEnum):
+    TEXT = "text"  # a JSON string; crosses as UTF-8 bytes in a UINT8 tensor
+    INTEGER = "integer"
+    NUMBER = "number"
+    CHOICE = "choice"  # one of a set of strings
+    IMAGE = "image"  # base64 PNG, JPEG or WEBP; crosses decoded, H x W x RGB uint8
+    MASK = "mask"  # an image read as one channel; crosses H x W uint8, 255 = white
+
+
+MEDIA = (Kind.IMAGE, Kind.MASK)
+
+
+@dataclass(frozen=True)
+class FromRoute:
+    """A value read off the route: an attribute path such as "steps" or "limits.max_steps"."""
+
+    path: str
+
+    def of(self, route: Route) -> Any:
+        value: Any = route
+        for part in self.path.split("."):
+            value = getattr(value, part)
+        return value
+
+
+def resolve(value: Any, route: Route) -> Any:
+    return value.of(route) if isinstance(value, FromRoute) else value
+
+
+@dataclass(frozen=True)
+class Field:
+    """One request field. Rules are JSON-schema-like and strict: no coercion ("5" is not 5, 5.0 is not an integer).
+
+    `tensor`: the pipeline model input it crosses as (None: the API uses it itself, e.g. output_format); a field of
+    several `items` crosses as `<name>_1` .. `<name>_<items>`, each optional. `keyword`: the argument of the diffusers
+    pipeline call the value becomes (fields with the same keyword become one list, in declaration order); None for
+    the values the pipeline model turns into others itself (seed -> generator, cfg and negative_prompt -> the
+    checkpoint's guidance arguments)."""
+
+    name: str
+    kind: Kind
+    description: str
+    required: bool = False
+    default: Any = None  # a literal or FromRoute; None with required=False: the field may be left out
+    minimum: Any = None  # >=
+    exclusive_minimum: Any = None  # >
+    maximum: Any = None  # <=
+    multiple_of: Any = None
+    max_length: Any = None  # characters of a text
+    choices: Any = ()  # CHOICE: the allowed values, or FromRoute to rows whose first element is the value
+    # CHOICE: the fields a row's other elements set (aspect_ratio "16:9" -> width 1664, height 928); sending one of
+    # them too is a conflict
+    sets: tuple[str, ...] = ()
+    items: Any = None  # a list of up to this many values (media fields)
+    not_blank: bool = False  # text that is only whitespace is invalid
+    blank_is_none: bool = False  # text that is only whitespace counts as not sent
+    token_limit: bool = False  # text whose token count the pipeline model checks against the checkpoint's limit
+    same_size_as: str | None = None  # MASK: must have that media field's width and height
+    only_if: str | None = None  # present only on routes whose attribute of this name is set (aspect_ratios)
+    random_default: bool = False  # left out: drawn at random by the API (seed)
+    tensor: TensorSpec | None = None
+    keyword: str | None = None
+
+    @property
+    def media(self) -> bool:
+        return self.kind in MEDIA
+
+    def tensors(self) -> tuple[TensorSpec, ...]:
+        """The pipeline model inputs this field crosses as."""
+        if self.tensor is None:
+            return ()
+        if self.items is None:
+            return (self.tensor,)
+        count = self.items if isinstance(self.items, int) else None
+        if count is None:
+            raise ValueError(f"{self.name}: a list field crossing as tensors needs a literal item count")
+        t = self.tensor
+        return tuple(TensorSpec(f"{t.name}_{i}", t.dtype, t.dims, optional=True) for i in range(1, count + 1))
+
+    def choices_of(self, route: Route) -> tuple[str, ...]:
+        rows = resolve(self.choices, route)
+        return tuple(row[0] if isinstance(row, tuple) else row for row in rows)
+
+    def presets_of(self, route: Route) -> dict[str, dict[str, Any]]:
+        """CHOICE fields that set others: value -> {field: value}."""
+        if not self.sets:
+            return {}
+        return {row[0]: dict(zip(self.sets, row[1:], strict=True)) for row in resolve(self.choices, route)}
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a task's pipeline model answers: its response tensors, and the request fields that say how the API
+    encodes them."""
+
+    kind: str  # "images": N x H x W x RGB uint8, encoded to the requested image format
+    tensors: tuple[TensorSpec, ...]
+    fields: tuple[Field, ...]
+
+
+@dataclass(frozen=True)
+class SampleMedia:
+    """A sample request's media input: a flat image (a mask: a white centre square) of this size, rendered by whoever
+    needs it (base64 PNG for a body, an array for perf_analyzer). In a declaration the size is left 0: the route's
+    default size, or the size the sample is asked for."""
+
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task: Task
+    own: tuple[Field, ...]  # the task's own fields; every task also takes COMMON and its output's fields
+    output: Output
+    # A small valid request: values of the required fields (media as SampleMedia); everything else takes defaults.
+    sample: Mapping[str, Any] = field(default_factory=dict)
+    # The fields that set the output's size, where the request sets it (width, height); () where the output follows
+    # an input (an edit's source image).
+    size_fields: tuple[str, ...] = ()
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        """Every field: the task's own, the common ones, the output's."""
+        return (*self.own, *COMMON, *self.output.fields)
+
+    def fields_of(self, route: Route) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.only_if is None or getattr(route, f.only_if))
+
+    def field(self, name: str) -> Field:
+        return next(f for f in self.fields if f.name == name)
+
+    @property
+    def media(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.media)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The pipeline model's request tensors: the checkpoint key, then each field's."""
+        return (CHECKPOINT, *(t for f in self.fields for t in f.tensors()))
+
+    def tensor_values(self, route: Route, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The pipeline model inputs of one request, by tensor name, from its field values (defaults applied,
+        media decoded: arrays in the layout of their tensors). A list field's missing items are None (optional
+        inputs left out); a preset (aspect_ratio) sets the fields it names."""
+        values = dict(values)
+        for f in self.fields_of(route):
+            if f.sets and values.get(f.name) is not None:
+                values.update(f.presets_of(route)[values[f.name]])
+        out: dict[str, Any] = {CHECKPOINT.name: route.checkpoint}
+        for f in self.fields_of(route):
+            tensors = f.tensors()
+            if not tensors:
+                continue
+            if f.items is None:
+                value = values.get(f.name)
+                out[tensors[0].name] = "" if value is None and f.kind is Kind.TEXT else value
+            else:
+                given = list(values.get(f.name) or ())
+                for i, spec in enumerate(tensors):
+                    out[spec.name] = given[i] if i < len(given) else None
+        return out
+
+    def sample_values(
+        self, route: Route, *, steps: int | None = None, size: int | None = None, seed: int | None = 0
+    ) -> dict[str, Any]:
+        """The sample request of `route` as field values: the declared sample, media of the route's default size (or
+        size x size, which also sets the size fields), `steps` steps (within the route's range) and `seed`."""
+        width, height = (size, size) if size else (route.width, route.height)
+        values = {
+            name: SampleMedia(width, height) if isinstance(value, SampleMedia) else value
+            for name, value in self.sample.items()
+        }
+        if size:
+            values |= dict.fromkeys(self.size_fields, size)
+        if steps is not None:
+            values["steps"] = max(1, min(steps, route.limits.max_steps))
+        if seed is not None:
+            values["seed"] = seed
+        return values
+
+    def field_of(self, tensor: str) -> Field:
+        """The field a pipeline input carries."""
+        return next(f for f in self.fields if any(t.name == tensor for t in f.tensors()))
+
+    def call_values(self, tensors: Mapping[str, Any]) -> Iterator[tuple[Field, Any]]:
+        """(field, value) of every field that crossed, from the decoded tensors (lists gathered, absent items
+        dropped): what the pipeline model's call is made of."""
+        for f in self.fields:
+            specs = f.tensors()
+            if not specs:
+                continue
+            if f.items is None:
+                yield f, tensors.get(specs[0].name)
+            else:
+                yield f, tuple(v for s in specs if (v := tensors.get(s.name)) is not None)
+
+
+CHECKPOINT = TensorSpec("CHECKPOINT", "UINT8", (-1,))  # the registry checkpoint key the request is for
+_TEXT = ("UINT8", (-1,))
+
+
+def _text(name: str, tensor: str, description: str, **kw: Any) -> Field:
+    return Field(
+        name,
+        Kind.TEXT,
+        description,
+        max_length=FromRoute("limits.max_prompt_chars"),
+        token_limit=True,
+        tensor=TensorSpec(tensor, *_TEXT),
+        **kw,
+    )
+
+
+def _prompt(name: str, description: str) -> Field:
+    return _text(name, "PROMPT", description, required=True, not_blank=True, keyword="prompt")
+
+
+def _size(name: str) -> Field:
+    return Field(
+        name,
+        Kind.INTEGER,
+        "Pixels: a multiple of the route's size step, within its size range",
+        default=FromRoute(name),
+        minimum=FromRoute("limits.min_size"),
+        maximum=FromRoute("limits.max_size"),
+        multiple_of=FromRoute("limits.size_multiple"),
+        tensor=TensorSpec(name.upper(), "INT32", (1,)),
+        keyword=name,
+    )
+
+
+def _image(name: str, tensor: str, description: str, **kw: Any) -> Field:
+    return Field(name, Kind.IMAGE, description, tensor=TensorSpec(tensor, "UINT8", (-1, -1, 3)), **kw)
+
+
+def _denoise(description: str) -> Field:
+    return Field(
+        "denoise",
+        Kind.NUMBER,
+        description,
+        default=FromRoute("denoise"),
+        exclusive_minimum=0.0,
+        maximum=1.0,
+        tensor=TensorSpec("DENOISE", "FP32", (1,)),
+        keyword="strength",
+    )
+
+
+# Every generating task takes these (api.md: the product's client sends cfg and negative_prompt to every route).
+COMMON: tuple[Field, ...] = (
+    _text("negative_prompt", "NEGATIVE_PROMPT", "What to avoid; used whenever CFG runs", blank_is_none=True),
+    Field(
+        "steps",
+        Kind.INTEGER,
+        "Denoising steps",
+        default=FromRoute("steps"),
+        minimum=1,
+        maximum=FromRoute("limits.max_steps"),
+        tensor=TensorSpec("STEPS", "INT32", (1,)),
+        keyword="num_inference_steps",
+    ),
+    Field(
+        "cfg",
+        Kind.NUMBER,
+        "The route's guidance knob (api.md, Routes)",
+        default=FromRoute("cfg"),
+        minimum=FromRoute("limits.min_cfg"),
+        maximum=FromRoute("limits.max_cfg"),
+        tensor=TensorSpec("CFG", "FP32", (1,)),
+    ),
+    Field(
+        "seed",
+        Kind.INTEGER,
+        "Drawn at random when absent; returned in x-seed",
+        minimum=0,
+        maximum=MAX_SEED,
+        random_default=True,
+        tensor=TensorSpec("SEED", "INT64", (1,)),
+    ),
+    Field(
+        "num_images",
+        Kind.INTEGER,
+        "More than 1 needs `Accept: application/json`",
+        default=1,
+        minimum=1,
+        maximum=FromRoute("limits.max_num_images"),
+        tensor=TensorSpec("NUM_IMAGES", "INT32", (1,)),
+        keyword="num_images_per_prompt",
+    ),
+)
+
+IMAGES = Output(
+    "images",
+    tensors=(
+        TensorSpec("IMAGES", "UINT8", (-1, -1, -1, 3)),  # N x H x W x RGB
+        # The checkpoint that served it (hub id@revision or local path) as UTF-8 bytes. Numeric, not BYTES, so
+        # every output can leave the stub by DLPack: with numpy 2 in the stub's environment (the GPU machine) any
+        # numpy output fails ("output tensor shape does not match size of output"), DLPack ones pass.
+        TensorSpec("MODEL", "UINT8", (-1,)),
+        TensorSpec("PIPELINE_S", "FP32", (1,)),  # seconds spent inside the pipeline model
+    ),
+    fields=(
+        Field("output_format", Kind.CHOICE, "The image format of the answer", default="png", choices=IMAGE_FORMATS),
+        Field("output_quality", Kind.INTEGER, "JPEG/WEBP quality", default=95, minimum=1, maximum=100),
+    ),
+)
+
+TASKS: dict[Task, TaskSpec] = {
+    spec.task: spec
+    for spec in (
+        TaskSpec(
+            Task.TEXT_TO_IMAGE,
+            own=(
+                _prompt("prompt", "What to draw"),
+                _size("width"),
+                _size("height"),
+                Field(
+                    "aspect_ratio",
+                    Kind.CHOICE,
+                    "A preset size instead of width/height",
+                    choices=FromRoute("aspect_ratios"),
+                    sets=("width", "height"),
+                    only_if="aspect_ratios",
+                ),
+            ),
+            output=IMAGES,
+            sample={"prompt": "a red fox in the snow"},
+            size_fields=("width", "height"),
+        ),
+        TaskSpec(
+            Task.EDIT,
+            own=(
+                _prompt("instruction", "The edit to make"),
+                _image("source_image", "SOURCE_IMAGE", "The image to edit", required=True, keyword="image"),
+                _image(
+                    "reference_images",
+                    "REFERENCE_IMAGE",
+                    "More images for multi-image edits",
+                    items=2,
+                    max_length=FromRoute("limits.max_reference_images"),
+                    keyword="image",
+                ),
+                _denoise("How much of the source to repaint"),
+            ),
+            output=IMAGES,
+            sample={"instruction": "make it night", "source_image": SampleMedia()},
+        ),
+        TaskSpec(
+            Task.INPAINT,
+            own=(
+                _prompt("prompt", "What to paint in the masked area"),
+                _image("source_image", "SOURCE_IMAGE", "The image to repaint", required=True, keyword="image"),
+                Field(
+                    "mask_image",
+                    Kind.MASK,
+                    "White = repaint; the size of source_image",
+                    required=True,
+                    same_size_as="source_image",
+                    tensor=TensorSpec("MASK_IMAGE", "UINT8", (-1, -1)),
+                    keyword="mask_image",
+                ),
+                _denoise("How much of the masked area to repaint"),
+            ),
+            output=IMAGES,
+            sample={"prompt": "a red fox", "source_image": SampleMedia(), "mask_image": SampleMedia()},
+        ),
+    )
+}

@@ -1,0 +1,141 @@
+"""The one build sequence: checkpoints -> exported components -> (TensorRT plans) -> a Triton model repository.
+
+`make serve` (stack/serve.py), a model update on a running stack (stack/update.py) and the Modal build
+(triton_modal.py) all run `build`; they differ only in where checkpoints come from (tiny, local folders, the hub),
+the serving profile and what they do between the steps (a Volume commit on Modal). Each step rebuilds only what
+changed: the tiny builders' stamps, export/'s manifest, the engine builder's manifest and the layout's file writes
+decide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checkpoints.source import ResolvedCheckpoint, resolve, resolve_lora
+from export import EXPORTED, export_family
+from model_repository.layout import CheckpointSource, build_repository
+from registry import CHECKPOINTS, FAMILIES, family_of
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class BuildDirs:
+    """Where a build reads and writes: checkpoints (or the hub cache), ONNX exports, TensorRT plans, the model
+    repository, and the Triton backends folder of the local server."""
+
+    checkpoints: Path
+    onnx: Path
+    plans: Path
+    repository: Path
+    backends: Path
+
+    @classmethod
+    def under(cls, root: Path, checkpoints: Path | None = None) -> BuildDirs:
+        root = Path(root)
+        return cls(
+            checkpoints=Path(checkpoints) if checkpoints is not None else root / "checkpoints",
+            onnx=root / "onnx",
+            plans=root / "plans",
+            repository=root / "model_repository",
+            backends=root / "backends",
+        )
+
+
+@dataclass
+class Build:
+    resolved: dict[str, ResolvedCheckpoint]  # checkpoint key -> its folder and label
+    loras: dict[str, Path]  # registry LoRA key -> file, for the components that merge one
+    exported: list[str] = field(default_factory=list)  # components export/ rebuilt
+    engines: dict[str, Any] = field(default_factory=dict)  # family -> the engine builder's manifest (GPU builds)
+    models: list[str] = field(default_factory=list)  # every Triton model laid out
+    changed: set[str] = field(default_factory=set)  # models whose folder changed: a running Triton reloads these
+    seconds: float = 0.0
+
+
+def _log(message: str) -> None:
+    print(f"[build] {message}", flush=True)
+
+
+def _nothing() -> None:
+    pass
+
+
+def build(
+    dirs: BuildDirs,
+    *,
+    checkpoints: Iterable[str] | None = None,
+    mode: str = "tiny",
+    paths: Mapping[str, Path] | None = None,
+    profile: str = "cpu",
+    force: bool = False,
+    after_checkpoints: Callable[[], None] = _nothing,
+    before_engines: Callable[[], None] = _nothing,
+    after_engines: Callable[[], None] = _nothing,
+) -> Build:
+    """Build the model repository that serves `checkpoints` (registry keys; default every checkpoint).
+
+    mode: where checkpoints come from ("tiny", "hub"); a key in `paths` is the local diffusers folder given there
+    (mode "local": an updated checkpoint). profile "cpu" exports the components ONNX Runtime runs; "gpu" exports
+    and builds TensorRT plans for the components the registry runs as TensorRT there (torch components load their
+    checkpoint folder). The callbacks run between the steps (Modal commits its Volumes there; the TensorRT version
+    check runs before any plan is built)."""
+    t0 = time.perf_counter()
+    paths = dict(paths or {})
+    keys = list(checkpoints) if checkpoints is not None else list(CHECKPOINTS)
+    families = list(dict.fromkeys(family_of(k).name for k in keys))
+    resolved = {k: resolve(k, "local" if k in paths else mode, dirs.checkpoints, paths.get(k)) for k in keys}
+    components = [c for f in families for c in FAMILIES[f].components if any(k in resolved for k in c.checkpoints)]
+    merged = sorted({c.merged_lora for c in components if c.merged_lora})
+    loras = {key: resolve_lora(key, mode, dirs.checkpoints).file for key in merged}
+    for key, r in resolved.items():
+        _log(f"checkpoint {key}: {r.label}")
+    _log(f"{len(resolved)} checkpoints and {len(loras)} LoRAs ready in {time.perf_counter() - t0:.1f}s")
+    after_checkpoints()
+
+    out = Build(resolved, loras)
+    for family in families:
+        served = {k: r.path for k, r in resolved.items() if CHECKPOINTS[k].family == family}
+        # The components serving these checkpoints that run from an exported graph on this profile.
+        graphs = [
+            c
+            for c in components
+            if c in FAMILIES[family].components and c.backend(profile) in ("onnxruntime", "tensorrt")
+        ]
+        if not graphs:
+            _log(f"{family}: every component runs in torch on the {profile} profile, nothing to export")
+            continue
+        labels = {k: resolved[k].label for k in served}
+        manifest = export_family(family, served, dirs.onnx, force=force, labels=labels, loras=loras, profile=profile)
+        out.exported += sorted(name for name, state in manifest["last_run"].items() if state == EXPORTED)
+        plans = [c.triton_model for c in graphs if c.backend(profile) == "tensorrt"]
+        if plans:
+            before_engines()
+            # Imported only here: TensorRT exists only where plans are built.
+            from export.tensorrt_build import Fp8Inputs, build_family_engines
+
+            t1 = time.perf_counter()
+            # An "fp8" component's plan comes from a Q/DQ graph calibrated by running its pipeline from these folders.
+            fp8 = Fp8Inputs(checkpoint_dirs=served, loras=loras)
+            out.engines[family] = build_family_engines(family, dirs.onnx, dirs.plans, components=plans, fp8=fp8)
+            after_engines()
+            _log(f"{family}: plans for {', '.join(plans)} in {time.perf_counter() - t1:.0f}s")
+
+    sources = {k: CheckpointSource(r.path, r.label) for k, r in resolved.items()}
+    out.models = build_repository(
+        dirs.repository,
+        dirs.onnx,
+        sources,
+        profile=profile,
+        families=families,
+        loras=loras,
+        changed=out.changed,
+        plans_dir=dirs.plans,
+    )
+    out.seconds = time.perf_counter() - t0
+    _log(f"model repository {dirs.repository}: {', '.join(out.models)} ({out.seconds:.1f}s in all)")
+    return out
