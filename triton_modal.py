@@ -155,7 +155,7 @@ BUILD_TIMEOUT_S = 6 * 3600
 BUILD_CPU = 16.0
 BUILD_MEMORY_MIB = 128 * 1024
 # Serving containers: the python-backend stubs read each component's BF16 weights into host memory before moving
-# them to the GPU, several at once (Qwen-Image: two 41 GB transformers and a 16 GB text encoder, FP8 on the GPU).
+# them to the GPU, several at once (the largest group: two 41 GB transformers and a 16 GB text encoder, FP8 on the GPU).
 SERVE_CPU = 8.0
 SERVE_MEMORY_MIB = 128 * 1024
 # Requests beyond the group's generation slots and queue: /health, /ready and /metrics must not wait behind them.
@@ -197,7 +197,7 @@ triton_image = (
             # The python-backend stubs are processes of their own: PYTHONPATH lets them import our packages.
             "PYTHONPATH": "/root",
             "HF_HUB_DISABLE_TELEMETRY": "1",
-            # torch.compile (FLUX and Qwen transformers) and CUDA JIT caches on a Volume: later containers reuse them.
+            # torch.compile (the transformers) and CUDA JIT caches on a Volume: later containers reuse them.
             "TORCHINDUCTOR_CACHE_DIR": f"{COMPILE_CACHE_DIR}/inductor",
             "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
             "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
@@ -225,10 +225,10 @@ BUILD_VOLUMES: dict[str | PurePosixPath, modal.Volume] = {
     ENGINES_DIR: engines_volume,
 }
 # Serving reads weights and engines and never writes them; only the compile caches grow.
+READ_ONLY_WHEN_SERVING = (CHECKPOINTS_DIR, ENGINES_DIR)
 SERVE_VOLUMES: dict[str | PurePosixPath, modal.Volume] = {
-    CHECKPOINTS_DIR: checkpoints_volume.read_only(),
-    ENGINES_DIR: engines_volume.read_only(),
-    COMPILE_CACHE_DIR: compile_cache_volume,
+    path: volume.read_only() if path in READ_ONLY_WHEN_SERVING else volume
+    for path, volume in {**BUILD_VOLUMES, COMPILE_CACHE_DIR: compile_cache_volume}.items()
 }
 
 # ## What a group serves, from the registry
@@ -337,7 +337,7 @@ def require_pinned(plan: GroupPlan) -> None:
         raise UnpinnedRevisionError(
             f"{plan.group}: refusing to build from floating revisions:\n  "
             + "\n  ".join(problems)
-            + "\nPin each to its commit (HfApi().model_info(hub_id).sha) in registry/catalog.py, "
+            + "\nPin each to its commit (HfApi().model_info(hub_id).sha) in families/<folder>/__init__.py, "
             "or build a one-off with --allow-unpinned."
         )
 

@@ -38,7 +38,8 @@ def check_pinned(checkpoint: Checkpoint | Lora) -> None:
         return
     raise UnpinnedRevisionError(
         f"{checkpoint.key}: revision {checkpoint.revision!r} of {checkpoint.hub_id} is not a pinned 40-hex commit "
-        f"SHA; pin it in its family folder's registry entries, families/<folder>/__init__.py (or set {ALLOW_UNPINNED_ENV}=1 for a one-off build)"
+        f"SHA; pin it in its family folder's registry entries, families/<folder>/__init__.py (or set "
+        f"{ALLOW_UNPINNED_ENV}=1 for a one-off build)"
     )
 
 

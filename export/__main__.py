@@ -1,4 +1,4 @@
-"""python -m export --family flux --checkpoints-mode tiny --checkpoints-root .cache/checkpoints --out build/onnx"""
+"""python -m export --family <family> --checkpoints-mode tiny --checkpoints-root .cache/checkpoints --out build/onnx"""
 
 from __future__ import annotations
 

@@ -47,24 +47,24 @@ def library_dir(where: Path) -> Path:
     return where
 
 
-def request_values(route: str, **overrides: object) -> dict[str, object]:
+def request_values(route: str, size: int | None = None, **overrides: object) -> dict[str, object]:
     """One request to the route's pipeline model, by input name: the route's sample request with its defaults
-    (registry/tasks.py: media rendered as arrays of the route's default size), a fixed prompt-free seed 0, and
+    (registry/tasks.py: media rendered as arrays of the route's default size, or size x size), seed 0, and
     `overrides` by field name (prompt, width, steps, ...)."""
     from api.samples import sample_pixels  # the rendering every sample request shares; no tritonclient behind it
 
     r = ROUTES[route]
     spec = task_of(r)
     values = {f.name: resolve(f.default, r) for f in spec.fields_of(r)}
-    values |= spec.sample_values(r, seed=0) | overrides
+    values |= spec.sample_values(r, size=size, seed=0) | overrides
     kinds = {f.name: f.kind for f in spec.fields}
     values = {k: sample_pixels(v, kinds[k]) if isinstance(v, SampleMedia) else v for k, v in values.items()}
     return spec.tensor_values(r, values)
 
 
-def input_data(route: str, **overrides: object) -> dict:
+def input_data(route: str, size: int | None = None, **overrides: object) -> dict:
     """perf_analyzer's --input-data JSON for one request to the route's pipeline model."""
-    values = request_values(route, **overrides)
+    values = request_values(route, size, **overrides)
 
     def tensor(value: object) -> dict:
         if isinstance(value, str):  # text: UTF-8 bytes in a UINT8 tensor (registry/tasks.py)

@@ -96,9 +96,7 @@ def run_served(
     warm_ready_s = warm_first_image_s = float("nan")
     if restart:
         # A restart as a new container with the same Volume would see it: compiled artifacts cached on disk.
-        server, warm_ready_s, warm_first_image_s = _cold_start(
-            repository, work, pipeline, request, "warm", log
-        )
+        server, warm_ready_s, warm_first_image_s = _cold_start(repository, work, pipeline, request, "warm", log)
         server.stop()
     return Served(
         end_to_end_s=float(np.median(times)),

@@ -72,18 +72,17 @@ class Field:
     exclusive_minimum: Any = None  # >
     maximum: Any = None  # <=
     multiple_of: Any = None
-    max_length: Any = None  # characters of a text
+    max_length: Any = None  # characters of a text; values of a list
     choices: Any = ()  # CHOICE: the allowed values, or FromRoute to rows whose first element is the value
     # CHOICE: the fields a row's other elements set (aspect_ratio "16:9" -> width 1664, height 928); sending one of
     # them too is a conflict
     sets: tuple[str, ...] = ()
-    items: Any = None  # a list of up to this many values (media fields)
+    items: int | None = None  # a list field: the tensor slots it crosses as (max_length bounds the list per route)
     not_blank: bool = False  # text that is only whitespace is invalid
     blank_is_none: bool = False  # text that is only whitespace counts as not sent
     token_limit: bool = False  # text whose token count the pipeline model checks against the checkpoint's limit
     same_size_as: str | None = None  # MASK: must have that media field's width and height
     only_if: str | None = None  # present only on routes whose attribute of this name is set (aspect_ratios)
-    random_default: bool = False  # left out: drawn at random by the API (seed)
     tensor: TensorSpec | None = None
     keyword: str | None = None
 
@@ -97,11 +96,8 @@ class Field:
             return ()
         if self.items is None:
             return (self.tensor,)
-        count = self.items if isinstance(self.items, int) else None
-        if count is None:
-            raise ValueError(f"{self.name}: a list field crossing as tensors needs a literal item count")
         t = self.tensor
-        return tuple(TensorSpec(f"{t.name}_{i}", t.dtype, t.dims, optional=True) for i in range(1, count + 1))
+        return tuple(TensorSpec(f"{t.name}_{i}", t.dtype, t.dims, optional=True) for i in range(1, self.items + 1))
 
     def choices_of(self, route: Route) -> tuple[str, ...]:
         rows = resolve(self.choices, route)
@@ -301,7 +297,6 @@ COMMON: tuple[Field, ...] = (
         "Drawn at random when absent; returned in x-seed",
         minimum=0,
         maximum=MAX_SEED,
-        random_default=True,
         tensor=TensorSpec("SEED", "INT64", (1,)),
     ),
     Field(

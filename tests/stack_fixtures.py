@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.build import REPO_ROOT, BuildDirs, build
+from stack.build import BuildDirs, build
 from stack.triton_server import Ports, TritonServer
 
-STACK_DIR = REPO_ROOT / ".cache" / "test-stack"
+from .fixtures import STACK_DIR
 
 
 def free_port() -> int:

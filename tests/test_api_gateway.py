@@ -10,13 +10,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.samples import sample_body
 from api.settings import PRICE_PER_SECOND, Settings
-from registry import CHECKPOINTS, GROUPS, ROUTES, pipeline_model_of
+from registry import CHECKPOINTS, GROUPS, ROUTES, pipeline_model_of, task_of
 
-from .requests_valid import REQUIRED, valid_body
 from .stack_fixtures import free_port
 
 GOOD = {"prompt": "a red fox"}
+
+
+def valid_body(path: str) -> dict:
+    return sample_body(ROUTES[path], size=ROUTES[path].limits.min_size, seed=None)
+
+
 KEY, OTHER_KEY = "test-key-1", "other-key"
 NO_AUTH = {"authorization": ""}  # overrides the client's default header
 
@@ -144,7 +150,9 @@ def test_openapi_names_every_route_with_its_schema(client: TestClient) -> None:
         op = spec["paths"][path]["post"]
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         schema = schemas[ref.rsplit("/", 1)[1]]
-        assert schema["additionalProperties"] is False and schema["required"] == REQUIRED[route.task]
+        assert schema["additionalProperties"] is False and schema["required"] == [
+            f.name for f in task_of(route).own if f.required
+        ]
         assert schema["properties"]["steps"]["default"] == route.steps
         assert {"image/png", "image/jpeg", "image/webp", "application/json"} <= set(op["responses"]["200"]["content"])
         assert {"x-cost-usd", "x-seed", "x-model"} <= set(op["responses"]["200"]["headers"])

@@ -1,8 +1,8 @@
 """The API against a real tritonserver: the answer (bytes, JSON, headers), the group queue, the route timeout, and
 every mapping of a Triton failure onto the envelope, quickly.
 
-Triton serves a small stand-in for the pipeline model: the registry's pipeline contract (PIPELINE_INPUTS /
-PIPELINE_OUTPUTS, generated into its config), images whose pixels encode the request, and behaviours a real
+Triton serves a small stand-in for the pipeline model: the text-to-image task's tensors (registry/tasks.py,
+generated into its config), images whose pixels encode the request, and behaviours a real
 pipeline only shows under load or failure (a slow generation that honours cancellation, a token-limit rejection, a
 crash). The real FLUX pipeline through the same API is tested in test_serving_*.py.
 """
@@ -28,10 +28,9 @@ from api.settings import PRICE_PER_SECOND, Settings
 from registry import (
     CHECKPOINTS,
     GROUPS,
-    PIPELINE_INPUTS,
-    PIPELINE_OUTPUTS,
     ROUTES,
     SOURCE_PARAMETER_PREFIX,
+    TASKS,
     Task,
     TensorSpec,
     invalid_request_message,
@@ -81,6 +80,14 @@ class TritonPythonModel:
                 while time.perf_counter() - t0 < float(prompt[6:]) and not request.is_cancelled():
                     time.sleep(0.01)
             if prompt == "too many tokens":
+                error = pb_utils.TritonError(TOKEN_LIMIT, pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            if prompt == "not our invalid":  # the code without our message: Triton's own kind, about our tensors
+                error = pb_utils.TritonError("unexpected shape for input 'WIDTH'", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            if prompt == "our message, no code":
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(TOKEN_LIMIT)))
                 continue
             if prompt == "crash":
@@ -119,8 +126,8 @@ def write_repository(root: Path, record: Path) -> Path:
     params = {"record": str(record), **{SOURCE_PARAMETER_PREFIX + key: source_of(key) for key in CHECKPOINTS}}
     (root / PIPELINE / "config.pbtxt").write_text(
         f'name: "{PIPELINE}"\nbackend: "python"\nmax_batch_size: 0\n'
-        + _tensors("input", PIPELINE_INPUTS[Task.TEXT_TO_IMAGE])
-        + _tensors("output", PIPELINE_OUTPUTS)
+        + _tensors("input", TASKS[Task.TEXT_TO_IMAGE].inputs)
+        + _tensors("output", TASKS[Task.TEXT_TO_IMAGE].output.tensors)
         + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
         + "parameters [\n  "
         + ",\n  ".join(f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
@@ -215,7 +222,7 @@ def test_raw_image_with_headers_and_the_contract_inputs(client: httpx.Client, re
     # Exactly the registry's input tensors with the route's defaults: numbers one element of their dtype, text its
     # UTF-8 bytes in a UINT8 tensor.
     sent = last_request(record)
-    specs = PIPELINE_INPUTS[Task.TEXT_TO_IMAGE]
+    specs = TASKS[Task.TEXT_TO_IMAGE].inputs
     assert list(sent) == [s.name for s in specs]
     for spec in specs:
         text = spec.dtype == "UINT8"
@@ -286,6 +293,12 @@ def test_model_rejection_is_422_naming_the_field(client: httpx.Client) -> None:
         "message": "prompt: the prompt is over the text encoder's token limit",
         "field": "prompt",
     }
+
+
+@pytest.mark.parametrize("prompt", ["not our invalid", "our message, no code"])
+def test_only_the_models_invalid_arg_with_a_field_is_the_clients_fault(client: httpx.Client, prompt: str) -> None:
+    r = client.post("/flux", json={"prompt": prompt, **SMALL})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal", r.text
 
 
 def test_model_crash_is_500_with_the_request_id_and_no_detail(client: httpx.Client) -> None:

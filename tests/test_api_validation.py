@@ -1,5 +1,5 @@
-"""api.md's request rules for the text-to-image routes: every bad value is a 422 that names its field, before any model
-runs. (Edit and inpaint routes: test_api_validation_media.py.)
+"""What the request models do beyond each field's own rules (those are tests/contract/test_fields.py): presets
+that set other fields, more than one image needing a JSON answer, and bodies that are no JSON object.
 
 The real app runs in-process; its real tritonclient points at a closed local port, so a request that passes
 validation meets a stopped Triton and answers 503, which tells "valid" from "invalid" without a model.
@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.generate import pipeline_inputs
+from api.samples import sample_body
 from api.schemas import request_model
 from api.settings import Settings
-from registry import ROUTES, Task
+from registry import ROUTES, task_of
+from registry.tasks import resolve
 
 from .stack_fixtures import free_port
 
-PATHS = sorted(p for p, r in ROUTES.items() if r.task is Task.TEXT_TO_IMAGE)
-GOOD = {"prompt": "a red fox"}
+PATHS = list(ROUTES)
+FIRST = PATHS[0]
+PRESETS = [(p, f) for p, r in ROUTES.items() for f in task_of(r).fields_of(r) if f.sets]
 
 
 @pytest.fixture(scope="module")
@@ -30,145 +33,67 @@ def client() -> Iterator[TestClient]:
         yield c
 
 
-def assert_invalid(r: httpx.Response, field: str) -> None:
-    assert r.status_code == 422, r.text
-    body = r.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == "invalid_request", body
-    assert body["error"]["field"] == field, body
-    assert body["error"]["message"], body
+def good(path: str) -> dict:
+    return sample_body(ROUTES[path], size=ROUTES[path].limits.min_size, seed=None)
 
 
-def bad_values(path: str) -> list[tuple[str, object]]:
-    lim = ROUTES[path].limits
-    return [
-        ("prompt", ""),
-        ("prompt", "   "),
-        ("prompt", "x" * (lim.max_prompt_chars + 1)),
-        ("prompt", 42),
-        ("prompt", None),
-        ("negative_prompt", "x" * (lim.max_prompt_chars + 1)),
-        ("negative_prompt", ["no"]),
-        ("width", lim.min_size + lim.size_multiple // 2),  # in range, not a multiple
-        ("width", lim.min_size - lim.size_multiple),
-        ("width", lim.max_size + lim.size_multiple),
-        ("width", "1024"),  # a string is not a number: no silent coercion
-        ("width", 1024.5),
-        ("height", lim.max_size - lim.size_multiple // 2),
-        ("height", lim.min_size - lim.size_multiple),
-        ("height", lim.max_size + lim.size_multiple),
-        ("height", None),
-        ("steps", 0),
-        ("steps", lim.max_steps + 1),
-        ("steps", 2.5),
-        ("steps", True),
-        ("cfg", lim.min_cfg - 1),
-        ("cfg", lim.max_cfg + 1),
-        ("cfg", "3.5"),
-        ("seed", -1),
-        ("seed", 2**32),
-        ("seed", "7"),
-        ("num_images", 0),
-        ("num_images", lim.max_num_images + 1),
-        ("output_format", "gif"),
-        ("output_format", "PNG"),
-        ("output_quality", 0),
-        ("output_quality", 101),
-        ("sampler", "euler"),  # unknown field
-        ("instruction", "make it red"),  # a field of the edit routes
-        *(
-            [("aspect_ratio", "5:4"), ("aspect_ratio", "16/9"), ("aspect_ratio", 1.0)]
-            if ROUTES[path].aspect_ratios
-            else [("aspect_ratio", "1:1")]  # a field of the Qwen routes, not of these
-        ),
-    ]
-
-
-CASES = [(p, f, v) for p in PATHS for f, v in bad_values(p)]
-
-
-@pytest.mark.parametrize(("path", "field", "value"), CASES, ids=[f"{p}-{f}={str(v)[:10]}" for p, f, v in CASES])
-def test_bad_value_is_422_naming_the_field(client: TestClient, path: str, field: str, value: object) -> None:
-    body = {field: value} if field == "prompt" else {**GOOD, field: value}
-    assert_invalid(client.post(path, json=body), field)
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_missing_prompt_is_named(client: TestClient, path: str) -> None:
-    assert_invalid(client.post(path, json={"width": 512}), "prompt")
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_unknown_field_message_names_it(client: TestClient, path: str) -> None:
-    r = client.post(path, json={**GOOD, "stpes": 4})
-    assert_invalid(r, "stpes")
-    assert "stpes" in r.json()["error"]["message"]
+def field_of(r) -> str:  # noqa: ANN001
+    return r.json()["error"]["field"]
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_several_images_need_a_json_answer(client: TestClient, path: str) -> None:
-    assert_invalid(client.post(path, json={**GOOD, "num_images": 2}), "num_images")
-    assert_invalid(client.post(path, json={**GOOD, "num_images": 2}, headers={"accept": "image/png"}), "num_images")
+    body = {**good(path), "num_images": 2}
+    for headers in ({}, {"accept": "image/png"}):
+        r = client.post(path, json=body, headers=headers)
+        assert r.status_code == 422 and field_of(r) == "num_images", r.text
     # With JSON accepted the request is valid and goes on to the (stopped) backend.
-    r = client.post(path, json={**GOOD, "num_images": 2}, headers={"accept": "application/json"})
-    assert r.status_code == 503, r.text
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        {**GOOD, "negative_prompt": ""},  # the product's client sends it everywhere, often empty: means none
-        {**GOOD, "seed": None},
-        {**GOOD, "seed": 0, "cfg": 0},
-        {**GOOD, "seed": 2**32 - 1, "cfg": 20, "steps": 100, "width": 2048, "height": 256},
-        {**GOOD, "output_format": "webp", "output_quality": 1, "num_images": 1},
-        {"prompt": "x" * 4000, "negative_prompt": "y" * 4000, "output_format": "jpeg", "output_quality": 100},
-    ],
-)
-def test_values_at_the_limits_are_valid(client: TestClient, body: dict) -> None:
-    for path in PATHS:
-        assert client.post(path, json=body).status_code == 503  # valid; only the backend is missing
+    assert client.post(path, json=body, headers={"accept": "application/json"}).status_code == 503
 
 
 def test_malformed_json_and_non_objects_are_422(client: TestClient) -> None:
-    r = client.post("/flux", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    r = client.post(FIRST, content=b'{"prompt": ', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     for body in ([1, 2], "a fox", None):
-        r = client.post("/flux", json=body)
+        r = client.post(FIRST, json=body)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
 
 
 def test_json_without_content_type_is_parsed(client: TestClient) -> None:
-    assert client.post("/flux", content=b'{"prompt": "a fox"}').status_code == 503
-    assert_invalid(client.post("/flux", content=b'{"prompt": ""}'), "prompt")
+    import json
+
+    body = good(FIRST)
+    assert client.post(FIRST, content=json.dumps(body).encode()).status_code == 503
+    required = next(f.name for f in task_of(ROUTES[FIRST]).fields if f.required)
+    r = client.post(FIRST, content=json.dumps({**body, required: ""}).encode())
+    assert r.status_code == 422 and field_of(r) == required
 
 
-def test_defaults_and_limits_come_from_the_registry() -> None:
-    for path, route in ((p, ROUTES[p]) for p in PATHS):
-        model = request_model(route)
-        defaults = model(prompt="p")
-        assert (defaults.steps, defaults.cfg, defaults.width, defaults.height) == (
-            route.steps,
-            route.cfg,
-            route.width,
-            route.height,
-        ), path
-        assert defaults.seed is None and defaults.num_images == 1 and defaults.output_format == "png"
-        schema = model.model_json_schema()
-        assert schema["properties"]["steps"]["maximum"] == route.limits.max_steps
-        assert schema["properties"]["width"]["multipleOf"] == route.limits.size_multiple
-        assert schema["additionalProperties"] is False
-
-
-@pytest.mark.parametrize("path", [p for p in PATHS if ROUTES[p].aspect_ratios])
-def test_aspect_ratio_presets_and_their_conflicts(client: TestClient, path: str) -> None:
+@pytest.mark.parametrize(("path", "preset"), PRESETS, ids=[f"{p}-{f.name}" for p, f in PRESETS])
+def test_a_preset_sets_its_fields_and_conflicts_with_them(client: TestClient, path: str, preset) -> None:
     route = ROUTES[path]
     model = request_model(route)
-    for name, width, height in route.aspect_ratios:
-        assert model(prompt="p", aspect_ratio=name).size(route) == (width, height)
-        assert client.post(path, json={**GOOD, "aspect_ratio": name}).status_code == 503  # valid
-    assert model(prompt="p").size(route) == (route.width, route.height)
-    assert model(prompt="p", width=512, height=768).size(route) == (512, 768)
-    # An explicit size with a preset is ambiguous: 422 naming aspect_ratio, even when the size equals the preset's.
-    for extra in ({"width": 1328}, {"height": 928}, {"width": 1664, "height": 928}):
-        assert_invalid(client.post(path, json={**GOOD, "aspect_ratio": "16:9", **extra}), "aspect_ratio")
+    base = good(path)
+    for name in preset.sets:
+        base.pop(name, None)
+    rows = resolve(preset.choices, route)
+    for row in rows:
+        name, *values = row
+        inputs = pipeline_inputs(route, model(**base, **{preset.name: name}), seed=1, media={})
+        assert [inputs[f.upper()] for f in preset.sets] == values
+        assert client.post(path, json={**base, preset.name: name}).status_code == 503  # valid
+    # api.md's presets, literally: 16:9 is 1664 x 928.
+    if preset.name == "aspect_ratio":
+        inputs = pipeline_inputs(route, model(**base, aspect_ratio="16:9"), seed=1, media={})
+        assert (inputs["WIDTH"], inputs["HEIGHT"]) == (1664, 928)
+    inputs = pipeline_inputs(route, model(**base), seed=1, media={})
+    assert [inputs[f.upper()] for f in preset.sets] == [getattr(route, f) for f in preset.sets]
+    # An explicit value of a field it sets is ambiguous: 422 naming the preset, even when it equals the preset's.
+    first = rows[1]
+    for extra in (
+        {preset.sets[0]: first[1]},
+        {preset.sets[1]: first[2]},
+        dict(zip(preset.sets, first[1:], strict=True)),
+    ):
+        r = client.post(path, json={**base, preset.name: first[0], **extra})
+        assert r.status_code == 422 and field_of(r) == preset.name, r.text

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from diffusers import FluxPipeline
 from onnx import numpy_helper
 
-from components.adapters import ADAPTERS, INITIALIZER_PREFIX
+from artifacts import file_sha256
+from components.adapters import INITIALIZER_PREFIX, adapter_of
 from components.fp8 import fp8_layer_names
 from export import fp8_qdq as fq
 from export import manifest as mf
@@ -62,7 +63,7 @@ def qdq(onnx_copy: Path, schnell_dir: Path) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def layers(schnell_dir: Path) -> list[str]:
     """The layers the torch GPU path runs in FP8 (the same rule, the registry's pattern)."""
-    module = ADAPTERS[SCHNELL.exporter].load(schnell_dir / "transformer")
+    module = adapter_of(FLUX.name, SCHNELL.exporter).load(schnell_dir / "transformer")
     return fp8_layer_names(module.model, SCHNELL.fp8_layers)
 
 
@@ -75,7 +76,7 @@ def _e4m3(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def emulated(schnell_dir: Path, qdq: tuple[Path, dict]) -> Iterator[torch.nn.Module]:
     """The torch transformer with each selected Linear computing F.linear(fq(x, s_x), fq(W, s_w per row), b), the
     scales recomputed here: s_x = amax / 448 from the calibration record, s_w from the torch weights."""
-    module = ADAPTERS[SCHNELL.exporter].load(schnell_dir / "transformer").eval()
+    module = adapter_of(FLUX.name, SCHNELL.exporter).load(schnell_dir / "transformer").eval()
     for name, amax in qdq[1]["activation_amax"].items():
         linear = module.model.get_submodule(name)
         s_x = torch.tensor(np.float32(amax / fq.E4M3_MAX))
@@ -264,38 +265,4 @@ def test_rebuilt_only_when_an_input_changes(
     path.write_bytes(path.read_bytes() + b"\0")
     assert _build(onnx_dir, schnell_dir, qdq_dir, fewer)[2] == fq.BUILT
     recorded = json.loads((qdq_dir / mf.MANIFEST).read_text())["models"][SCHNELL.triton_model]
-    assert recorded["sha256"] == mf.file_sha256(path) and recorded["calibration"]["steps"] == 1
-
-
-def test_qwen_fast_transformer_with_its_merged_lora(model_repository: Path, stack_dirs, tmp_path: Path) -> None:
-    """Qwen-Image's Lightning transformer: calibrated through QwenImagePipeline with the LoRA merged and Lightning's
-    sampler; its last block's text-stream linears are dead code in the export and skipped; the graph runs."""
-    from checkpoints import resolve, resolve_lora
-    from components.adapters import qwen_shape
-
-    family = FAMILIES["qwen-image"]
-    fast = next(c for c in family.components if c.triton_model == "qwen_image_fast_transformer")
-    checkpoint = resolve("qwen-image-2512-fast", "tiny", stack_dirs.checkpoints).path
-    lora = resolve_lora("qwen-image-lightning", "tiny", stack_dirs.checkpoints).file
-    path, entry, _ = fq.build_qdq_onnx(
-        fast,
-        family,
-        stack_dirs.onnx,
-        {"qwen-image-2512-fast": checkpoint},
-        qdq_dir=tmp_path,
-        loras={"qwen-image-lightning": lora},
-        calibration=fq.Calibration(prompts=("a fox",), steps=2, width=64, height=64),
-    )
-    last = len(entry["activation_amax"]) // 12 - 1  # 12 selected linears per block
-    assert entry["absent"] == [
-        f"transformer_blocks.{last}.{n}" for n in ("attn.to_add_out", "txt_mlp.net.0.proj", "txt_mlp.net.2")
-    ]
-    assert tb.quantize_nodes(path) == {"fp8": 4 * entry["layers"], "other": 0} and entry["layers"] == 12 * last + 9
-    module = ADAPTERS[fast.exporter].load(checkpoint / "transformer")
-    torch.manual_seed(0)
-    inputs = ADAPTERS[fast.exporter].example(module, qwen_shape(batch=1, height=64, width=64, text_tokens=8))
-    feeds = {s.name: t.numpy() for s, t in zip(fast.inputs, inputs, strict=True)}
-    quantized = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    fp32_path = stack_dirs.onnx / fast.triton_model / "model.onnx"
-    fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    assert np.isfinite(quantized).all() and 0 < np.abs(quantized - fp32).max() < 0.1 * np.abs(fp32).max()
+    assert recorded["sha256"] == file_sha256(path) and recorded["calibration"]["steps"] == 1

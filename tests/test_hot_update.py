@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from checkpoints.source import resolve
 from model_repository.layout import CheckpointSource, build_repository
-from stack.local import BuildDirs
+from stack.build import BuildDirs
 from stack.repository_watch import RepositoryWatcher
 from stack.triton_server import Ports, TritonServer
 from stack.update import rebuild_family, update_family
@@ -76,7 +76,7 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
     loader: str, stack_dirs, model_repository, tmp_path
 ) -> None:
     # model_repository: the session's build, whose exported components this test starts from
-    dirs = BuildDirs(tmp_path / "build")
+    dirs = BuildDirs.under(tmp_path / "build")
     checkpoint = tmp_path / "flux-schnell"
     shutil.copytree(resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path, checkpoint)
     # The session's exported components, hard-linked: unchanged sources are recognised by their manifest keys.
@@ -151,7 +151,7 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
 
 
 def test_nothing_changed_reloads_nothing(stack_dirs, model_repository, tmp_path) -> None:
-    dirs = BuildDirs(tmp_path / "build")
+    dirs = BuildDirs.under(tmp_path / "build")
     shutil.copytree(stack_dirs.onnx, dirs.onnx, copy_function=_link_or_copy)
     checkpoint = resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path
     label = f"local:{checkpoint}"

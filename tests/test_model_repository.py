@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from model_repository.config import component_config, pipeline_config
-from registry import FAMILIES, PIPELINE_INPUTS, PIPELINE_OUTPUTS, SOURCE_PARAMETER_PREFIX
+from registry import FAMILIES, SOURCE_PARAMETER_PREFIX
 
 FLUX = FAMILIES["flux"]
 
@@ -66,9 +66,7 @@ def test_pipeline_config_carries_the_request_contract_and_sources() -> None:
     from registry import TensorSpec
 
     assert _data_type(TensorSpec("T", "BYTES", (1,))) == "TYPE_STRING"
-    text = pipeline_config(
-        FLUX, PIPELINE_INPUTS[FLUX.task], PIPELINE_OUTPUTS, "cpu", {SOURCE_PARAMETER_PREFIX + "flux-dev": "hub:x@y"}
-    )
+    text = pipeline_config(FLUX, FLUX.pipelines[0], "cpu", {SOURCE_PARAMETER_PREFIX + "flux-dev": "hub:x@y"})
     assert 'name: "flux_pipeline"' in text
     assert 'name: "PROMPT" data_type: TYPE_UINT8 dims: [ -1 ]' in text  # text is UTF-8 bytes
     assert 'name: "IMAGES" data_type: TYPE_UINT8 dims: [ -1, -1, -1, 3 ]' in text

@@ -16,10 +16,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from artifacts import file_sha256
 from export import manifest as mf
 from export import tensorrt_build as tb
+from model_repository import plans
 from registry import FAMILIES, Component, Dim
-from stack.local import BuildDirs
+from stack.build import BuildDirs
 
 ALL_COMPONENTS = [pytest.param(f, c, id=c.triton_model) for f in FAMILIES.values() for c in f.components]
 TRT_VERSION = "10.9.0"
@@ -71,11 +73,13 @@ def test_profiles_for_every_component(family, component, model_repository: Path,
 @pytest.mark.parametrize("family", FAMILIES.values(), ids=lambda f: f.name)
 def test_dim_ranges_agree_with_each_other(family) -> None:
     """height = 8 latent_height, image_tokens covers the packed latent: for the family and each capped component."""
-    assert tb.dim_relation_problems({d.name: d for d in family.dims}) == []
+    assert tb.dim_relation_problems({d.name: d for d in family.dims}, family) == []
     for component in family.components:
-        assert tb.dim_relation_problems(tb.component_dims(component, family)) == [], component.triton_model
+        assert tb.dim_relation_problems(tb.component_dims(component, family), family) == [], component.triton_model
     broken = {"height": Dim("height", 256, 1024, 2048), "latent_height": Dim("latent_height", 32, 128, 200)}
-    assert tb.dim_relation_problems(broken) == ["height.max=2048 != 8 * latent_height.max=200"]
+    assert tb.dim_relation_problems(broken, family) == [
+        f"height.max=2048 != {family.vae_scale} * latent_height.max=200"
+    ]
 
 
 def test_vae_gets_its_own_capped_profile(model_repository: Path, stack_dirs: BuildDirs) -> None:
@@ -83,7 +87,7 @@ def test_vae_gets_its_own_capped_profile(model_repository: Path, stack_dirs: Bui
     vae = next(c for c in flux.components if c.triton_model == "flux_vae_decoder")
     lo, opt, hi = tb.input_profiles(vae, flux, _onnx(stack_dirs, vae))["latent"]
     cap = vae.profile_dims[0].max  # the registry's own VAE profile (1344 px = 168 latent cells)
-    assert cap == 1344 // tb.VAE_SCALE
+    assert cap == 1344 // flux.vae_scale
     assert hi[2:] == (cap, cap) and lo[2:] == (32, 32) and opt[2:] == (128, 128)
     assert tb.narrower_than_family(vae, flux) == {"latent_height": (cap, 256), "latent_width": (cap, 256)}
     # The transformer keeps the family's full range, and Qwen's VAE is not capped.
@@ -117,22 +121,22 @@ def test_profile_errors_name_what_is_wrong(model_repository: Path, stack_dirs: B
 
 
 def test_plan_names_carry_gpu_and_tensorrt_version() -> None:
-    assert tb.plan_filename("10.9.0", "9.0") == "model.sm90.trt10.9.0.plan"
-    assert tb.plan_filename("10.13.2.6", "8.9") == "model.sm89.trt10.13.2.6.plan"
-    assert tb.plan_filename("10.9.0", "10.0") == "model.sm100.trt10.9.0.plan"
-    assert tb.plan_filename("10.9.0", "9.0") != tb.plan_filename("10.10.0", "9.0")
+    assert plans.plan_filename("10.9.0", "9.0") == "model.sm90.trt10.9.0.plan"
+    assert plans.plan_filename("10.13.2.6", "8.9") == "model.sm89.trt10.13.2.6.plan"
+    assert plans.plan_filename("10.9.0", "10.0") == "model.sm100.trt10.9.0.plan"
+    assert plans.plan_filename("10.9.0", "9.0") != plans.plan_filename("10.10.0", "9.0")
     for version, cc in (("10.9", "90"), ("10.9", "sm90"), ("v10", "9.0"), ("", "9.0")):
         with pytest.raises(ValueError):
-            tb.plan_filename(version, cc)
+            plans.plan_filename(version, cc)
 
 
 def test_cc_model_filenames() -> None:
-    assert tb.cc_model_filenames("10.9.0", ["9.0", "10.0", "8.9", "9.0"]) == {
+    assert plans.cc_model_filenames("10.9.0", ["9.0", "10.0", "8.9", "9.0"]) == {
         "8.9": "model.sm89.trt10.9.0.plan",
         "9.0": "model.sm90.trt10.9.0.plan",
         "10.0": "model.sm100.trt10.9.0.plan",
     }
-    assert tb.cc_model_filenames("10.9.0", []) == {}
+    assert plans.cc_model_filenames("10.9.0", []) == {}
 
 
 # --- FP8 ------------------------------------------------------------------------------------------------------------
@@ -310,7 +314,7 @@ def test_builds_once_then_skips(vae_onnx_dir: Path, tmp_path: Path) -> None:
     assert call["precision"] == "bf16" and call["refittable"] is False and call["optimization_level"] == 3
     assert call["bf16_io"] == ["latent", "sample"] and call["compute_capability"] == "9.0"
     entry = mf.load(out)["models"][VAE]["plans"]["9.0"]
-    assert entry["file"] == plan.name and entry["sha256"] == mf.file_sha256(plan)
+    assert entry["file"] == plan.name and entry["sha256"] == file_sha256(plan)
     assert entry["onnx_sha256"] == mf.load(vae_onnx_dir)["models"][VAE]["sha256"]
     assert entry["narrower_than_family"] == {"latent_height": [168, 256], "latent_width": [168, 256]}
 
@@ -657,7 +661,7 @@ def test_fp8_component_builds_from_its_qdq_graph(
     assert config.flags == ["BF16"]  # FP8 comes from the graph's Q/DQ, not from a flag
     plan = mf.load(out)["models"][name]["plans"]["9.0"]
     assert plan["fp8_qdq_nodes"] == 4 * qdq_entry["gemms"] > 0 and plan["precision"] == "fp8"
-    assert plan["onnx_sha256"] == qdq_entry["sha256"] == mf.file_sha256(qdq_graph)  # keyed by the Q/DQ graph
+    assert plan["onnx_sha256"] == qdq_entry["sha256"] == file_sha256(qdq_graph)  # keyed by the Q/DQ graph
     assert any("[fp8_qdq]" in line and "calibrating" in line for line in lines)
 
     again = tb.build_family_engines("flux", stack_dirs.onnx, out, **kw)

@@ -1,59 +1,57 @@
-"""triton_modal.py as Modal sees it before a deploy: the objects it registers, read from Modal's own specs, offline.
+"""triton_modal.py before a deploy: the objects it defines and hands Modal, read offline from the module itself
+(its source, its option tables, the public info of its functions), never from Modal's private state.
 
 What a deploy or a container would do (build the image, create the Volumes and Secrets, start Triton on an H100) needs
 Modal's servers and cannot run here; these tests pin down everything decided before that point."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import inspect
+import ast
 import os
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import modal
 import pytest
-from modal._partial_function import _PartialFunctionFlags
-from modal._utils.async_utils import synchronizer
 
 import triton_modal
-from registry import GROUPS, ROUTES, AppGroup, Task, catalog, pipeline_model_of, routes_of
+from registry import GROUPS, ROUTES, pipeline_model_of, routes_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GROUPS_WITH_ROUTES = sorted(g for g in GROUPS if routes_of(g))
+SOURCE = ast.parse(Path(triton_modal.__file__).read_text())
 
 
-def _app_objects(module: object = triton_modal) -> tuple[dict, dict]:
-    """(classes, functions) registered on the module's App, by tag: Modal's own record of what it would deploy."""
-    local = synchronizer._translate_in(module.app)._local_state
-    return dict(local.classes), dict(local.functions)
+def _call(node: ast.expr) -> tuple[str, list[ast.expr], dict[str, ast.expr]]:
+    """A decorator or call as (dotted name, positional arguments, keyword arguments; ** unpacked under "**")."""
+    assert isinstance(node, ast.Call), ast.dump(node)
+    return ast.unparse(node.func), node.args, {k.arg or "**": k.value for k in node.keywords}
 
 
-def _service_function(cls: modal.Cls) -> modal.Function:
-    """The Function behind a Cls: it carries the container's resources, Volumes, Secrets and autoscaler settings."""
-    return synchronizer._translate_out(synchronizer._translate_in(cls)._class_service_function)
+def _literal_group(node: ast.expr, helper: str) -> str:
+    """`helper("<group>")` -> the group."""
+    name, args, _ = _call(node)
+    assert name == helper and len(args) == 1 and isinstance(args[0], ast.Constant), ast.unparse(node)
+    return args[0].value
 
 
-def _loader_setting(obj: modal.Function | modal.Secret, name: str) -> object:
-    """A setting Modal keeps only for the create request it sends at deploy (Function.info() does not show it)."""
-    return inspect.getclosurevars(synchronizer._translate_in(obj)._load).nonlocals[name]
+def _serving_classes() -> dict[str, ast.ClassDef]:
+    return {
+        c.name: c
+        for c in SOURCE.body
+        if isinstance(c, ast.ClassDef) and any(ast.unparse(b) == "GroupServer" for b in c.bases)
+    }
 
 
-def _mounts(info: modal.types.FunctionInfo) -> dict[str, tuple[str, bool]]:
-    return {path: (v.name, v.read_only) for path, v in info.volumes.items()}
-
-
-@pytest.fixture
-def clean_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Undo a test's registry changes, then reload triton_modal, so later tests see the real registry's objects."""
-    yield
-    monkeypatch.undo()
-    importlib.reload(triton_modal)
+def _build_functions() -> dict[str, ast.FunctionDef]:
+    return {
+        f.name: f
+        for f in SOURCE.body
+        if isinstance(f, ast.FunctionDef) and any(ast.unparse(d).startswith("app.function(") for d in f.decorator_list)
+    }
 
 
 def test_imports_offline_without_the_heavy_stages() -> None:
@@ -71,126 +69,89 @@ def test_imports_offline_without_the_heavy_stages() -> None:
     assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_one_serving_class_per_group_with_routes() -> None:
-    classes, functions = _app_objects()
-    assert GROUPS_WITH_ROUTES == ["flux", "qwen-edit", "qwen-image"]
-    expected = {triton_modal.serving_class_name(g) for g in GROUPS_WITH_ROUTES}
-    assert set(classes) == expected == {"FluxServer", "QwenImageServer", "QwenEditServer"}
-    assert set(triton_modal.SERVING_CLASSES) == set(GROUPS_WITH_ROUTES)
-    for group, cls in triton_modal.SERVING_CLASSES.items():
+def test_one_serving_class_per_group_with_routes_written_out() -> None:
+    """Each registry group with routes has its class, named for it, whose decorators and `group` all say that group
+    (a copy-paste that serves one group with another's resources fails here); no class is left over."""
+    classes = _serving_classes()
+    assert set(classes) == {triton_modal.serving_class_name(g) for g in GROUPS_WITH_ROUTES}
+    for name, node in classes.items():
+        (group_assign,) = (s for s in node.body if isinstance(s, ast.Assign) and ast.unparse(s.targets[0]) == "group")
+        group = group_assign.value.value
+        assert name == triton_modal.serving_class_name(group)
+        cls_decorator, concurrent = node.decorator_list
+        assert _call(cls_decorator)[0] == "app.cls" and _call(concurrent)[0] == "modal.concurrent"
+        assert _literal_group(_call(cls_decorator)[2]["**"], "serving_options") == group
+        assert _literal_group(_call(concurrent)[2]["**"], "concurrency") == group
+        (web,) = (s for s in node.body if isinstance(s, ast.FunctionDef) and s.name == "web")
+        (endpoint,) = web.decorator_list
+        assert _call(endpoint)[0] == "modal.asgi_app"
+        assert _literal_group(_call(endpoint)[2]["label"], "web_label") == group
         # Modal's container finds the class by its global name in this module.
-        assert getattr(triton_modal, triton_modal.serving_class_name(group)) is cls
-        assert classes[triton_modal.serving_class_name(group)] is synchronizer._translate_in(cls)
-    # Each class is a service function of the App; the rest are the build functions.
-    assert {t for t in functions if t.endswith(".*")} == {f"{name}.*" for name in expected}
+        assert getattr(triton_modal, name) is triton_modal.SERVING_CLASSES[group]
+        assert isinstance(triton_modal.SERVING_CLASSES[group], modal.Cls)
+    assert set(triton_modal.SERVING_CLASSES) == set(GROUPS_WITH_ROUTES)
+
+
+def test_one_build_function_per_group_with_routes_written_out() -> None:
+    functions = _build_functions()
+    assert set(functions) == {triton_modal.build_function_name(g) for g in GROUPS_WITH_ROUTES}
+    for name, node in functions.items():
+        (decorator,) = node.decorator_list
+        assert ast.unparse(decorator) == "app.function(**BUILD_OPTIONS)"
+        (ret,) = (s for s in node.body if isinstance(s, ast.Return))
+        call, args, _ = _call(ret.value)
+        assert call == "build_group" and name == triton_modal.build_function_name(args[0].value)
+        function = triton_modal.BUILD_FUNCTIONS[args[0].value]
+        assert getattr(triton_modal, name) is function and isinstance(function, modal.Function)
+    assert set(triton_modal.BUILD_FUNCTIONS) == set(GROUPS_WITH_ROUTES)
 
 
 @pytest.mark.parametrize("group", GROUPS_WITH_ROUTES)
-def test_serving_class_resources_come_from_the_registry(group: str) -> None:
+def test_serving_resources_come_from_the_registry(group: str) -> None:
     spec = GROUPS[group]
-    function = _service_function(triton_modal.SERVING_CLASSES[group])
-    info = function.info()
-    assert info.gpus == [("H100", 1)] and spec.gpu == "H100"
-    assert info.startup_timeout == spec.startup_timeout_s
-    assert _loader_setting(function, "autoscaler_settings").scaledown_window == spec.scaledown_window_s
+    options = triton_modal.serving_options(group)
+    assert options["gpu"] == spec.gpu == "H100"
+    assert (
+        options["startup_timeout"] == spec.startup_timeout_s and options["scaledown_window"] == spec.scaledown_window_s
+    )
     # A request may run as long as the slowest route of the group allows, plus the API's own work.
-    assert info.timeout == max(r.timeout_s for r in routes_of(group)) + triton_modal.REQUEST_MARGIN_S
+    assert options["timeout"] == max(r.timeout_s for r in routes_of(group)) + triton_modal.REQUEST_MARGIN_S
+    assert options["enable_memory_snapshot"] is True
     # The API's gate holds max_concurrency generations and max_queue waiting; the autoscaler targets the former.
-    assert info.concurrency_info.target_inputs == spec.max_concurrency
-    assert info.concurrency_info.max_inputs == spec.max_concurrency + spec.max_queue + triton_modal.SERVICE_HEADROOM
-    assert _loader_setting(function, "enable_memory_snapshot") is True
-
-
-@pytest.mark.parametrize("group", GROUPS_WITH_ROUTES)
-def test_serving_class_mounts_the_volumes_and_the_api_keys_secret(group: str) -> None:
-    info = _service_function(triton_modal.SERVING_CLASSES[group]).info()
-    assert _mounts(info) == {
-        "/vol/checkpoints": ("ryla-checkpoints", True),  # weights and engines are read, never written, when serving
-        "/vol/engines": ("ryla-engines", True),
-        "/vol/compile-cache": ("ryla-compile-cache", False),
+    assert triton_modal.concurrency(group) == {
+        "max_inputs": spec.max_concurrency + spec.max_queue + triton_modal.SERVICE_HEADROOM,
+        "target_inputs": spec.max_concurrency,
     }
     # Only the API keys: serving reads every weight from the Volume and needs no hub token.
-    assert info.secrets == ["modal.Secret.from_name('ryla-api-keys')"]
+    assert options["secrets"] == [triton_modal.api_keys_secret]
+    assert {str(p): v.name for p, v in options["volumes"].items()} == {
+        "/vol/checkpoints": "ryla-checkpoints",
+        "/vol/engines": "ryla-engines",
+        "/vol/compile-cache": "ryla-compile-cache",
+    }
+    # Weights and engines are read, never written, when serving; only the compile caches grow.
+    assert {str(p) for p in triton_modal.READ_ONLY_WHEN_SERVING} == {"/vol/checkpoints", "/vol/engines"}
+
+
+def test_serving_lifecycle_is_snapshot_enter_exit() -> None:
+    (server,) = (c for c in SOURCE.body if isinstance(c, ast.ClassDef) and c.name == "GroupServer")
+    decorators = {
+        f.name: [ast.unparse(d) for d in f.decorator_list] for f in server.body if isinstance(f, ast.FunctionDef)
+    }
+    assert decorators["import_cpu_side"] == ["modal.enter(snap=True)"]  # CPU-only imports, in the memory snapshot
+    assert decorators["start"] == ["modal.enter()"]  # Triton, the warm-up and the API: after the restore
+    assert decorators["stop"] == ["modal.exit()"]
 
 
 @pytest.mark.parametrize("group", GROUPS_WITH_ROUTES)
-def test_serving_class_lifecycle_and_web_endpoint(group: str) -> None:
-    cls = synchronizer._translate_in(triton_modal.SERVING_CLASSES[group])
-    partials = cls._get_partial_functions()
-    flags = {name: pf.flags for name, pf in partials.items()}
-    assert flags["import_cpu_side"] & _PartialFunctionFlags.ENTER_PRE_SNAPSHOT
-    assert flags["start"] & _PartialFunctionFlags.ENTER_POST_SNAPSHOT
-    assert flags["stop"] & _PartialFunctionFlags.EXIT
-    webhook = partials["web"].params.webhook_config
-    assert flags["web"] & _PartialFunctionFlags.WEB_INTERFACE and webhook.requested_suffix == f"ryla-{group}"
-    assert cls._get_user_cls().group == group
-
-
-def test_one_build_function_per_group() -> None:
-    _, functions = _app_objects()
-    names = {triton_modal.build_function_name(g) for g in GROUPS_WITH_ROUTES}
-    assert names == {"build_flux", "build_qwen_image", "build_qwen_edit"}
-    assert {t for t in functions if not t.endswith(".*")} == names
-    for group, function in triton_modal.BUILD_FUNCTIONS.items():
-        assert getattr(triton_modal, triton_modal.build_function_name(group)) is function
-        info = function.info()
-        assert info.gpus == [("H100", 1)] and info.timeout == triton_modal.BUILD_TIMEOUT_S
-        assert _mounts(info) == {
-            "/vol/checkpoints": ("ryla-checkpoints", False),
-            "/vol/engines": ("ryla-engines", False),
-        }
-        assert info.secrets == ["modal.Secret.from_name('ryla-hf-token')"]
-        # The container calls this module's global of that name: the body that builds the group.
-        raw = synchronizer._translate_in(function)._raw_f
-        assert raw.__qualname__ == triton_modal.build_function_name(group)
-
-
-def test_secrets_must_hold_their_keys_at_deploy() -> None:
-    # Modal's server refuses the deploy unless each Secret exists with its key (checked when it is resolved).
-    for secret, key in ((triton_modal.api_keys_secret, "RYLA_API_KEYS"), (triton_modal.hf_secret, "HF_TOKEN")):
-        assert _loader_setting(secret, "required_keys") == [key]
-
-
-def test_a_new_group_and_route_in_the_registry_get_their_own_class(
-    monkeypatch: pytest.MonkeyPatch, clean_module: None
-) -> None:
-    toy = AppGroup("toy-box", scaledown_window_s=42, startup_timeout_s=900, max_concurrency=2, max_queue=3)
-    monkeypatch.setitem(catalog.GROUPS, toy.name, toy)
-    flux = ROUTES["/flux"]
-    monkeypatch.setitem(catalog.ROUTES, "/toy", dataclasses.replace(flux, path="/toy", group=toy.name, timeout_s=30))
-    module = importlib.reload(triton_modal)
-
-    classes, functions = _app_objects(module)
-    assert "ToyBoxServer" in classes and "build_toy_box" in functions
-    assert len(classes) == len(GROUPS_WITH_ROUTES) + 1
-    function = _service_function(module.SERVING_CLASSES["toy-box"])
-    assert _loader_setting(function, "autoscaler_settings").scaledown_window == 42
-    assert function.info().startup_timeout == 900
-    assert function.info().concurrency_info.target_inputs == 2
-    # Only the models of FLUX-schnell, the one checkpoint its route serves.
-    assert module.group_plan("toy-box").models == (
-        "flux_text_encoder",
-        "flux_text_encoder_2",
-        "flux_schnell_transformer",
-        "flux_vae_decoder",
-        "flux_pipeline",
-    )
-
-
-def test_a_group_without_routes_gets_no_container(monkeypatch: pytest.MonkeyPatch, clean_module: None) -> None:
-    monkeypatch.setitem(catalog.GROUPS, "later", AppGroup("later"))
-    module = importlib.reload(triton_modal)
-    assert "later" not in module.SERVING_CLASSES and "later" not in module.BUILD_FUNCTIONS
-
-
-def test_groups_whose_names_collide_are_refused(monkeypatch: pytest.MonkeyPatch, clean_module: None) -> None:
-    for name in ("toy-box", "toy_box"):
-        monkeypatch.setitem(catalog.GROUPS, name, AppGroup(name))
-        monkeypatch.setitem(
-            catalog.ROUTES, f"/{name}", dataclasses.replace(ROUTES["/flux"], path=f"/{name}", group=name)
-        )
-    with pytest.raises(ValueError, match="both map to"):
-        importlib.reload(triton_modal)
+def test_build_functions_run_on_a_gpu_with_both_volumes_writable(group: str) -> None:
+    info = triton_modal.BUILD_FUNCTIONS[group].info()  # Modal's public view of the function as defined
+    assert info.gpus == [("H100", 1)] and info.timeout == triton_modal.BUILD_TIMEOUT_S
+    assert {path: (v.name, v.read_only) for path, v in info.volumes.items()} == {
+        "/vol/checkpoints": ("ryla-checkpoints", False),
+        "/vol/engines": ("ryla-engines", False),
+    }
+    assert info.secrets == ["modal.Secret.from_name('ryla-hf-token')"]
 
 
 def test_serving_refuses_to_start_without_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +162,11 @@ def test_serving_refuses_to_start_without_api_keys(monkeypatch: pytest.MonkeyPat
     triton_modal.require_api_keys(Settings(api_keys=("k1",)))
     # The container's enter checks the keys the Secret gave it before it starts anything.
     monkeypatch.delenv("RYLA_API_KEYS", raising=False)
-    server = synchronizer._translate_in(triton_modal.SERVING_CLASSES["flux"])._get_user_cls()()
+
+    class Server(triton_modal.GroupServer):
+        group = GROUPS_WITH_ROUTES[0]
+
+    server = Server()
     with pytest.raises(RuntimeError, match="ryla-api-keys"):
         server.start()
     assert not hasattr(server, "triton")
@@ -237,9 +202,18 @@ def test_the_models_served_are_those_the_build_lays_out(group: str, tmp_path: Pa
     assert components == set(plan.components)
 
 
-def test_qwen_image_merges_the_lightning_lora_at_build_time() -> None:
+def test_a_group_merges_the_loras_its_components_name() -> None:
+    for group in GROUPS_WITH_ROUTES:
+        plan = triton_modal.group_plan(group)
+        named = {c.merged_lora for f in plan.families for c in triton_modal.FAMILIES[f].components if c.merged_lora}
+        wanted = {
+            c.merged_lora
+            for f in plan.families
+            for c in triton_modal.FAMILIES[f].components
+            if c.merged_lora and set(c.checkpoints) & set(plan.checkpoints)
+        }
+        assert set(plan.loras) == wanted <= named
     assert triton_modal.group_plan("qwen-image").loras == ("qwen-image-lightning",)
-    assert triton_modal.group_plan("flux").loras == ()
 
 
 def test_the_build_refuses_floating_revisions_naming_each(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,7 +225,7 @@ def test_the_build_refuses_floating_revisions_naming_each(monkeypatch: pytest.Mo
         triton_modal.require_pinned(plan)
     for key in (*plan.checkpoints, *plan.loras):
         assert key in str(e.value)
-    assert "registry/catalog.py" in str(e.value)
+    assert "families/<folder>/__init__.py" in str(e.value)
     monkeypatch.setenv(ALLOW_UNPINNED_ENV, "1")
     triton_modal.require_pinned(plan)
 
@@ -265,45 +239,34 @@ class _OfflineVolume:
 
 
 def test_build_lays_out_the_gpu_repository(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """build_flux's body with the tiny FLUX checkpoints standing in for the hub: refused while unpinned, then the GPU
+    """A group's build body with the tiny checkpoints standing in for the hub: refused while unpinned, then the GPU
     profile's repository and a build record on the engines Volume, both Volumes committed."""
     import checkpoints.source as source
     from checkpoints.source import ALLOW_UNPINNED_ENV, UnpinnedRevisionError
+    from stack import build
 
-    tiny_root = REPO_ROOT / ".cache" / "test-checkpoints"
+    group = GROUPS_WITH_ROUTES[0]
+    from tests.fixtures import TEST_CHECKPOINTS as tiny_root
+
     resolve_tiny = source.resolve
-    monkeypatch.setattr(source, "resolve", lambda key, mode, root: resolve_tiny(key, "tiny", tiny_root))
+    monkeypatch.setattr(build, "resolve", lambda key, mode, root, path=None: resolve_tiny(key, "tiny", tiny_root))
     volumes = {name: _OfflineVolume() for name in ("checkpoints_volume", "engines_volume")}
     for name, volume in volumes.items():
         monkeypatch.setattr(triton_modal, name, volume)
     monkeypatch.setattr(triton_modal, "ENGINES_DIR", tmp_path)
     monkeypatch.delenv(ALLOW_UNPINNED_ENV, raising=False)
 
-    with pytest.raises(UnpinnedRevisionError, match="flux-schnell"):
-        triton_modal.build_group("flux")
-    record = triton_modal.build_group("flux", allow_unpinned=True)
+    plan = triton_modal.group_plan(group)
+    with pytest.raises(UnpinnedRevisionError, match=plan.checkpoints[0]):
+        triton_modal.build_group(group)
+    record = triton_modal.build_group(group, allow_unpinned=True)
     assert ALLOW_UNPINNED_ENV not in os.environ  # the escape hatch was for that build only
-    plan = triton_modal.group_plan("flux")
-    repository = tmp_path / "flux" / "model_repository"
+    repository = tmp_path / group / "model_repository"
     assert record["models"] == list(plan.models)
     assert sorted(p.name for p in repository.iterdir()) == sorted(plan.models)
-    assert "KIND_GPU" in (repository / "flux_schnell_transformer" / "config.pbtxt").read_text()
-    assert (tmp_path / "flux" / "build.json").is_file() and record["engines"] == {}  # torch on the GPU: no plans
+    assert all("KIND_GPU" in (repository / m / "config.pbtxt").read_text() for m in plan.models)
+    assert (tmp_path / group / "build.json").is_file() and record["engines"] == {}  # torch on the GPU: no plans
     assert volumes["checkpoints_volume"].commits == 1 and volumes["engines_volume"].commits == 1
-
-
-@pytest.mark.parametrize("path", sorted(ROUTES))
-def test_warm_up_and_smoke_bodies_are_valid_requests(path: str) -> None:
-    from api.schemas import request_model
-
-    route = ROUTES[path]
-    model = request_model(route)
-    warm = model.model_validate(triton_modal.sample_body(route, triton_modal.WARMUP_STEPS))
-    smoke = model.model_validate(triton_modal.sample_body(route, triton_modal.SMOKE_STEPS, route.limits.min_size))
-    assert warm.steps == smoke.steps == 2
-    if route.task is Task.TEXT_TO_IMAGE:
-        assert (warm.width, warm.height) == (route.width, route.height)
-        assert (smoke.width, smoke.height) == (route.limits.min_size,) * 2
 
 
 def test_gpu_dependencies_follow_pyproject() -> None:
@@ -314,6 +277,14 @@ def test_gpu_dependencies_follow_pyproject() -> None:
     expected = [d for d in pinned if not any(d.startswith(p) for p in provided)]
     assert list(triton_modal.GPU_PYTHON_PACKAGES) == expected
     assert triton_modal.TENSORRT_PACKAGE.startswith("tensorrt-cu13==")  # CUDA 13, like the torch wheel and the image
+
+
+def test_our_packages_are_the_projects() -> None:
+    """Every package pyproject installs is mounted into the containers (perf/ aside: it runs on the benchmark
+    machine), so a new shared package cannot be forgotten there."""
+    include = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {p.removesuffix("*") for p in include["include"]}
+    assert set(triton_modal.OUR_PACKAGES) == packages - {"perf"}
 
 
 def test_group_names_map_to_python_and_dns_names() -> None:
@@ -331,10 +302,20 @@ def test_cold_start_clock_and_phase_metric() -> None:
 
     started = triton_modal.process_started_at()
     assert time.time() - 3600 < started <= time.time()
-    state = create_app(Settings(groups=("flux",))).state.api
+    state = create_app(Settings(groups=(GROUPS_WITH_ROUTES[0],))).state.api
     state.record_cold_start_phase("triton_ready", 81.5)
     state.record_cold_start_phase("first_image", 95.25)
     text = generate_latest(state.metrics.registry).decode()
     assert 'ryla_cold_start_phase_seconds{phase="triton_ready"} 81.5' in text
     assert 'ryla_cold_start_phase_seconds{phase="first_image"} 95.25' in text
     assert "ryla_cold_start_seconds 0.0" in text  # the API's own first-answer gauge is unchanged
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+def test_warm_up_bodies_are_valid_requests(path: str) -> None:
+    from api.samples import sample_body
+    from api.schemas import request_model
+
+    route = ROUTES[path]
+    warm = request_model(route).model_validate(sample_body(route, steps=triton_modal.WARMUP_STEPS))
+    assert warm.steps == triton_modal.WARMUP_STEPS

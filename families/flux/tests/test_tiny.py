@@ -1,9 +1,9 @@
-"""Tiny checkpoints: the real diffusers layout, loadable by the stock pipeline, deterministic, sharing what the real
-FLUX.1 repos share, with tokenizers that round-trip; and the resolver's refusal of unpinned hub revisions."""
+"""Tiny FLUX.1 checkpoints: the real module classes and configs, loadable and deterministic in the stock
+FluxPipeline, sharing what the real FLUX.1 repos share, with tokenizers that round-trip. (Layout, reproducible builds
+and shared subfolders of every checkpoint: tests/contract/test_checkpoints.py.)"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +13,7 @@ import sentencepiece as spm
 import torch
 from diffusers import FluxPipeline
 
-from checkpoints import BUILDER_VERSION, UnpinnedRevisionError, build_tiny, check_pinned, resolve
-from checkpoints.__main__ import main as checkpoints_main
-from checkpoints.tiny import STAMP
-from export import content_hash
+from artifacts import folder_hash
 from registry import CHECKPOINTS, checkpoints_of
 
 FLUX_KEYS = [c.key for c in checkpoints_of("flux")]
@@ -27,13 +24,6 @@ SUBFOLDERS = (*SHARED, "transformer", "scheduler")
 @pytest.fixture(scope="module")
 def dev_pipe(tiny_checkpoint_dirs: dict[str, Path]) -> FluxPipeline:
     return FluxPipeline.from_pretrained(tiny_checkpoint_dirs["flux-dev"])
-
-
-def test_every_registry_checkpoint_has_a_tiny_folder(tiny_checkpoint_dirs: dict[str, Path]) -> None:
-    assert set(tiny_checkpoint_dirs) == set(CHECKPOINTS)
-    for key, path in tiny_checkpoint_dirs.items():
-        assert path.name == CHECKPOINTS[key].tiny
-        assert json.loads((path / STAMP).read_text())["version"] == BUILDER_VERSION
 
 
 @pytest.mark.parametrize("key", FLUX_KEYS)
@@ -101,22 +91,9 @@ def test_configs_behave_like_the_real_ones(tiny_checkpoint_dirs: dict[str, Path]
 def test_shared_modules_are_byte_identical(tiny_checkpoint_dirs: dict[str, Path]) -> None:
     dev, schnell = tiny_checkpoint_dirs["flux-dev"], tiny_checkpoint_dirs["flux-schnell"]
     for sub in SHARED:
-        assert content_hash(dev / sub) == content_hash(schnell / sub), sub
-    assert content_hash(dev / "transformer") != content_hash(schnell / "transformer")
-    assert content_hash(dev / "scheduler") != content_hash(schnell / "scheduler")
-
-
-def test_rebuild_is_identical_and_cached(tiny_checkpoint_dirs: dict[str, Path], tmp_path: Path) -> None:
-    rebuilt = build_tiny("flux-dev", tmp_path)
-    for sub in SUBFOLDERS:
-        assert content_hash(rebuilt / sub) == content_hash(tiny_checkpoint_dirs["flux-dev"] / sub), sub
-    weights = rebuilt / "transformer" / "diffusion_pytorch_model.safetensors"
-    built_at = weights.stat().st_mtime_ns
-    assert build_tiny("flux-dev", tmp_path) == rebuilt and weights.stat().st_mtime_ns == built_at  # reused
-    (rebuilt / STAMP).write_text(json.dumps({"version": BUILDER_VERSION - 1}))
-    build_tiny("flux-dev", tmp_path)  # an older builder's folder is rebuilt
-    assert weights.stat().st_mtime_ns != built_at
-    assert json.loads((rebuilt / STAMP).read_text())["version"] == BUILDER_VERSION
+        assert folder_hash(dev / sub) == folder_hash(schnell / sub), sub
+    assert folder_hash(dev / "transformer") != folder_hash(schnell / "transformer")
+    assert folder_hash(dev / "scheduler") != folder_hash(schnell / "scheduler")
 
 
 def test_tokenizers_round_trip(dev_pipe: FluxPipeline, tiny_checkpoint_dirs: dict[str, Path]) -> None:
@@ -139,37 +116,3 @@ def test_tokenizers_round_trip(dev_pipe: FluxPipeline, tiny_checkpoint_dirs: dic
     long = t5(" ".join([text] * 200), padding="max_length", max_length=512, truncation=True).input_ids
     assert len(long) == 512 and long[-1] == t5.eos_token_id
     assert t5("a", padding="max_length", max_length=512).input_ids[2:] == [t5.pad_token_id] * 510
-
-
-def test_resolve_modes(tiny_checkpoint_dirs: dict[str, Path], tmp_path: Path) -> None:
-    path = tiny_checkpoint_dirs["flux-dev"]
-    tiny = resolve("flux-dev", "tiny", path.parent)
-    assert tiny.path == path and tiny.label == f"local:{path}"
-    local = resolve("flux-dev", "local", tmp_path, path=path)
-    assert local.path == path and local.label == f"local:{path}"
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
-        resolve("flux-dev", "local", tmp_path, path=tmp_path)
-    with pytest.raises(ValueError, match="unknown checkpoint mode"):
-        resolve("flux-dev", "ftp", tmp_path)
-    with pytest.raises(KeyError):
-        resolve("no-such-model", "tiny", tmp_path)
-
-
-def test_hub_mode_refuses_an_unpinned_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RYLA_ALLOW_UNPINNED", raising=False)
-    unpinned = dataclasses.replace(CHECKPOINTS["flux-dev"], revision="main")
-    monkeypatch.setitem(CHECKPOINTS, "flux-dev", unpinned)
-    with pytest.raises(UnpinnedRevisionError, match="not a pinned 40-hex commit"):
-        resolve("flux-dev", "hub", tmp_path)
-    assert not (tmp_path / "hub").exists()  # refused before any download
-    check_pinned(dataclasses.replace(unpinned, revision="0123456789abcdef0123456789abcdef01234567"))
-    monkeypatch.setenv("RYLA_ALLOW_UNPINNED", "1")
-    check_pinned(unpinned)
-
-
-def test_cli_reuses_built_checkpoints(tiny_checkpoint_dirs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
-    root = tiny_checkpoint_dirs["flux-dev"].parent
-    checkpoints_main(["--mode", "tiny", "--root", str(root)])
-    out = capsys.readouterr().out
-    for key, path in tiny_checkpoint_dirs.items():
-        assert f"[checkpoints] {key}: local:{path}" in out

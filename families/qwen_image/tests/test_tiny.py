@@ -1,6 +1,6 @@
-"""Tiny Qwen-Image checkpoints: the real diffusers layouts loaded by the stock pipelines (text-to-image, edit with a
-reference image, edit-inpaint), a tokenizer whose template prefixes are exactly what the pipelines drop, the
-Lightning LoRA in the real key layout, and reproducible builds."""
+"""Tiny Qwen-Image checkpoints: the real diffusers layouts and configs, a tokenizer whose template prefixes are
+exactly what the pipelines drop, and the Lightning LoRA in the real key layout. (Reproducible builds of every
+checkpoint, and the stock edit and inpaint pipelines running on them as each route's reference: tests/contract/.)"""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ from diffusers import (
 from PIL import Image
 from safetensors import safe_open
 
-from checkpoints import BUILDER_VERSION, build_tiny
-from checkpoints import qwen as tiny_qwen
+from checkpoints import build_tiny
 from checkpoints.tiny import STAMP
-from tests.conftest import TEST_CHECKPOINTS
+from families.qwen_image import tiny as tiny_qwen
+from families.qwen_image.reference import processor_override
+from tests.fixtures import TEST_CHECKPOINTS
 
 T2I, EDIT, LORA = "qwen-image-2512", "qwen-image-edit-2511", "qwen-image-lightning"
 SHARED = ("text_encoder", "tokenizer", "vae")
@@ -62,7 +63,7 @@ def t2i(dirs: dict[str, Path]) -> QwenImagePipeline:
 
 
 def _edit(cls: type, path: Path) -> QwenImageEditPlusPipeline | QwenImageEditInpaintPipeline:
-    pipe = cls.from_pretrained(path, **tiny_qwen.processor_override(path))
+    pipe = cls.from_pretrained(path, **processor_override(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -191,55 +192,6 @@ def test_text_to_image_runs_and_is_deterministic(t2i: QwenImagePipeline) -> None
     _deterministic(run, (1, 256, 256, 3))
 
 
-def test_edit_with_a_reference_image_runs_and_is_deterministic(dirs: dict[str, Path]) -> None:
-    pipe = _edit(QwenImageEditPlusPipeline, dirs[EDIT])
-    source, reference, _ = _images()
-
-    def run(seed: int) -> np.ndarray:
-        generator = torch.Generator().manual_seed(seed)
-        return pipe(
-            image=[source, reference],
-            prompt="make the fox in picture 1 look like picture 2",
-            height=256,
-            width=256,
-            num_inference_steps=2,
-            generator=generator,
-            output_type="np",
-        ).images
-
-    _deterministic(run, (1, 256, 256, 3))
-
-
-def test_edit_inpaint_loads_the_same_folder_and_runs(dirs: dict[str, Path]) -> None:
-    pipe = _edit(QwenImageEditInpaintPipeline, dirs[EDIT])
-    source, _, mask = _images()
-    final: list[torch.Tensor] = []
-
-    def keep_latents(pipe: object, step: int, timestep: object, tensors: dict[str, torch.Tensor]) -> dict:
-        final[:] = [tensors["latents"].clone()]
-        return {}
-
-    def run(seed: int, output_type: str, **kwargs: object) -> np.ndarray | torch.Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        return pipe(
-            image=source,
-            mask_image=mask,
-            prompt=PROMPT,
-            num_inference_steps=2,
-            generator=generator,
-            output_type=output_type,
-            **kwargs,
-        ).images
-
-    image = run(0, "np", callback_on_step_end=keep_latents)
-    # diffusers 0.42.1's edit-inpaint ignores height/width: it always works at ~1 MP in the source's aspect ratio.
-    assert image.shape == (1, 1024, 1024, 3) and np.isfinite(image).all()
-    # Determinism on the latents, which skips two 1 MP VAE decodes (the slowest part of this tiny pipeline).
-    latents = run(0, "latent")
-    assert torch.equal(latents, final[0])
-    assert not torch.equal(latents, run(1, "latent"))
-
-
 def test_lightning_lora_has_the_real_layout_loads_fuses_and_changes_the_output(
     dirs: dict[str, Path], t2i: QwenImagePipeline
 ) -> None:
@@ -276,21 +228,6 @@ def test_lightning_lora_has_the_real_layout_loads_fuses_and_changes_the_output(
     assert np.isfinite(fused).all()
     assert np.abs(fused - base).mean() > 0.01  # visibly changed (in [0, 1] pixels)
     np.testing.assert_allclose(run(), base, atol=1e-4)  # unfused and unloaded: the base model again
-
-
-def test_builds_are_reproducible_and_cached(dirs: dict[str, Path], tmp_path: Path) -> None:
-    for name in (T2I, LORA):
-        rebuilt = build_tiny(name, tmp_path)
-        assert _hashes(rebuilt) == _hashes(dirs[name]), name
-    # A LoRA folder has no model_index.json: the stamp, which lists the files, says it is complete.
-    lora = tmp_path / LORA
-    weights = lora / tiny_qwen.LIGHTNING_FILE
-    built_at = weights.stat().st_mtime_ns
-    assert build_tiny(LORA, tmp_path) == lora and weights.stat().st_mtime_ns == built_at  # reused
-    assert json.loads((lora / STAMP).read_text())["files"] == [tiny_qwen.LIGHTNING_FILE]
-    weights.unlink()
-    build_tiny(LORA, tmp_path)  # a folder missing a file it was built with is rebuilt
-    assert weights.is_file() and json.loads((lora / STAMP).read_text())["version"] == BUILDER_VERSION
 
 
 def _hashes(folder: Path) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""Every route through the whole stack (HTTP -> api/ -> a real Triton -> the components): its sample request at a
+few steps answers what plain diffusers makes of the same request on the same tiny checkpoint (the family folder's
+reference.py), the same bytes when asked again, other bytes for another seed, a 422 naming the field for text over
+the text encoder's token limit, and /v1/models names its loaded checkpoint."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import httpx
+import pytest
+
+from api.samples import sample_body
+from families import hooks
+from registry import ROUTES, family_of, task_of
+from tests.images import MAX_PIXEL_DIFF, decode, max_diff
+
+STEPS = 2
+PATHS = list(ROUTES)
+
+
+def _family(path: str) -> str:
+    return family_of(ROUTES[path].checkpoint).name
+
+
+@cache
+def body_of(path: str, seed: int = 31) -> dict[str, Any]:
+    """The route's sample request at its smallest size, a few steps, and what its reference needs set."""
+    route = ROUTES[path]
+    overrides = hooks(_family(path), "reference", "SAMPLE_OVERRIDES").get(path, {})
+    return {**sample_body(route, steps=STEPS, size=route.limits.min_size, seed=seed), **overrides}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_served_equals_the_reference_and_repeats_its_bytes(client: httpx.Client, stack_dirs, path: str) -> None:
+    body = body_of(path)
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.headers["x-seed"] == str(body["seed"])
+    served = decode(r.content)
+    reference = hooks(_family(path), "reference", "REFERENCES")[path]
+    (expected,) = reference(body, stack_dirs.checkpoints)
+    assert max_diff(served, expected) <= MAX_PIXEL_DIFF
+    assert served.std() > 1.0  # a blank image would pass a loose diff against a broken reference
+    again = client.post(path, json=body)
+    assert again.status_code == 200 and again.content == r.content  # same inputs and seed: the same bytes
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if not task_of(ROUTES[p]).media])
+def test_another_seed_gives_other_bytes(client: httpx.Client, path: str) -> None:
+    first, other = client.post(path, json=body_of(path)), client.post(path, json=body_of(path, seed=32))
+    assert first.status_code == other.status_code == 200
+    assert first.content != other.content
+
+
+TOKEN_FIELDS = [(p, f.name) for p in PATHS for f in task_of(ROUTES[p]).fields_of(ROUTES[p]) if f.token_limit]
+
+
+@pytest.mark.parametrize(("path", "field"), TOKEN_FIELDS)
+def test_text_over_the_token_limit_is_a_422_naming_it(client: httpx.Client, path: str, field: str) -> None:
+    # Within the route's character limit, but far over any of our text encoders' token limits (<= 512).
+    text = " ".join(f"w{i}" for i in range(600))
+    assert len(text) <= ROUTES[path].limits.max_prompt_chars
+    r = client.post(path, json={**body_of(path), "cfg": 2.0, field: text})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == field
+
+
+def test_models_name_every_loaded_checkpoint(client: httpx.Client) -> None:
+    assert client.get("/ready").status_code == 200
+    rows = {row["path"]: row for row in client.get("/v1/models").json()["data"]}
+    assert set(rows) == set(ROUTES)
+    for path, route in ROUTES.items():
+        assert rows[path]["loaded"] is True and rows[path]["checkpoint"] == route.checkpoint
+        assert rows[path]["model"].startswith("local:")  # the tiny folder that serves it, as the model says

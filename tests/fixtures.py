@@ -1,0 +1,37 @@
+"""Fixtures shared by the suite: tiny checkpoints and one family exported from them, cached under .cache/ so reruns
+reuse them (the builders' stamps and the export manifest decide what is stale). They are the folders the served
+stack is built from too (stack_fixtures.py: a real Triton and the API), so each is built once per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STACK_DIR = REPO_ROOT / ".cache" / "test-stack"  # stack.build.BuildDirs.under(STACK_DIR)
+TEST_CHECKPOINTS = STACK_DIR / "checkpoints"
+TEST_ONNX = STACK_DIR / "onnx"
+# The family the export and engine-builder tests run their mechanics on (its exports are the smallest).
+EXPORT_FAMILY = "flux"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dirs() -> dict[str, Path]:
+    """Registry checkpoint key -> its tiny diffusers folder."""
+    from checkpoints import resolve
+    from registry import CHECKPOINTS
+
+    return {key: resolve(key, "tiny", TEST_CHECKPOINTS).path for key in sorted(CHECKPOINTS)}
+
+
+@pytest.fixture(scope="session")
+def flux_onnx_dir(tiny_checkpoint_dirs: dict[str, Path]) -> Path:
+    """The FLUX family exported to ONNX: <dir>/<triton_model>/model.onnx and <dir>/manifest.json (the served stack's
+    export folder: tests that change an export copy it first)."""
+    from export import export_family
+    from registry import checkpoints_of
+
+    family = EXPORT_FAMILY
+    export_family(family, {c.key: tiny_checkpoint_dirs[c.key] for c in checkpoints_of(family)}, TEST_ONNX)
+    return TEST_ONNX
