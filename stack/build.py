@@ -103,8 +103,8 @@ def build(
         # The components serving these checkpoints that run from an exported graph on this profile.
         graphs = [
             c
-            for c in components
-            if c in FAMILIES[family].components and c.backend(profile) in ("onnxruntime", "tensorrt")
+            for c in FAMILIES[family].components
+            if any(k in served for k in c.checkpoints) and c.backend(profile) in ("onnxruntime", "tensorrt")
         ]
         if not graphs:
             _log(f"{family}: every component runs in torch on the {profile} profile, nothing to export")
