@@ -20,7 +20,7 @@ from families import hooks
 from registry import CHECKPOINTS, LORAS
 
 # Bump when any builder changes what it writes: cached folders with another version are rebuilt.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 STAMP = "tiny-builder.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO_ROOT / ".cache" / "checkpoints"

@@ -9,8 +9,7 @@ local ports, asks every recorded route its request and compares sha256 and conte
 here, not derived from the registry, so a change in how defaults are derived shows up as a different answer. Not
 part of `make test`: a change that legitimately moves the numbers (a new export, a kernel) re-records instead.
 ONNX Runtime picks its kernels by the CPU's instruction set: bytes compare on a CPU like the recording one.
-
-Recorded on dad23f9 (before the family-folder change), checked on its successor: all six routes equal."""
+"""
 
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ import hashlib
 import io
 import json
 import platform
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mode", choices=("record", "check"))
     args = parser.parse_args(argv)
     if args.mode == "record":
-        GOLDEN.write_text(json.dumps({"machine": _isa(), "routes": _answers(list(BODIES))}, indent=1) + "\n")
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        record = {"commit": commit, "machine": _isa(), "routes": _answers(list(BODIES))}
+        GOLDEN.write_text(json.dumps(record, indent=1) + "\n")
         print(f"[served_bytes] recorded {GOLDEN}")
         return 0
     recorded = json.loads(GOLDEN.read_text())

@@ -146,5 +146,9 @@ def _gradient_png(width: int, height: int) -> str:
 
 
 # What the contract tests set on a route's sample request: what the plain call needs to express it (an edit's
-# denoise 1), and what this family does beyond the sample (a multi-image edit: a reference of another aspect).
-SAMPLE_OVERRIDES = {"/qwen-image-edit-2511": {"denoise": 1.0, "reference_images": [_gradient_png(160, 224)]}}
+# denoise 1), and what this family does beyond the sample (a multi-image edit: a reference of another aspect). The
+# multi-image edit runs without CFG, which halves its 12k-token steps on a CPU; the edit with CFG is the family's
+# own denoise test (tests/test_serving.py).
+SAMPLE_OVERRIDES = {
+    "/qwen-image-edit-2511": {"denoise": 1.0, "cfg": 1.0, "reference_images": [_gradient_png(160, 224)]},
+}

@@ -13,11 +13,12 @@ import torch
 from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
 from safetensors.torch import load_file, save_file
 
+from checkpoints import resolve
 from components.lora_merge import merge_lora
-from export.onnx_export import PARITY_LIMIT, export_onnx, max_errors
+from export.onnx_export import PARITY_LIMIT, max_errors
 from families.qwen_image.adapters import ADAPTERS, PARITY_SHAPES, qwen_img_shapes, qwen_shape
 from families.qwen_image.rope import QwenRope, modulate_index_of
-from registry import Component, Dim, Family, PipelineModel, Task, TensorSpec
+from registry import Component, TensorSpec, component_of
 
 TINY_TRANSFORMER = {
     "patch_size": 2,
@@ -49,27 +50,6 @@ IMG_SHAPES = [
 ]
 
 
-def _transformer_component(zero_cond_t: bool) -> Component:
-    """The registry's Qwen-Image transformer contract (inputs in order, names as served)."""
-    return Component(
-        triton_model="qwen_image_transformer",
-        role="transformer",
-        subfolder="transformer",
-        exporter="qwen_transformer",
-        checkpoints=("tiny-qwen",),
-        inputs=(
-            TensorSpec("hidden_states", "FP32", ("batch", "image_tokens", -1)),
-            TensorSpec("encoder_hidden_states", "FP32", ("batch", "text_tokens", -1)),
-            TensorSpec("encoder_hidden_states_mask", "INT64", ("batch", "text_tokens")),
-            TensorSpec("timestep", "FP32", ("batch",)),
-            TensorSpec("image_rope", "FP32", ("image_tokens", -1, 2)),
-            TensorSpec("text_rope", "FP32", ("text_tokens", -1, 2)),
-            *((TensorSpec("modulate_index", "INT64", ("batch", "image_tokens")),) if zero_cond_t else ()),
-        ),
-        outputs=(TensorSpec("sample", "FP32", ("batch", "image_tokens", -1)),),
-    )
-
-
 VAE_DECODER = Component(
     triton_model="qwen_image_vae_decoder",
     role="vae",
@@ -88,24 +68,6 @@ VAE_ENCODER = Component(
     inputs=(TensorSpec("sample", "FP32", ("batch", 3, 1, "height", "width")),),
     outputs=(TensorSpec("moments", "FP32", ("batch", -1, 1, "latent_height", "latent_width")),),
 )
-
-
-def _family(*components: Component) -> Family:
-    return Family(
-        name="qwen-image",
-        pipelines=(PipelineModel(Task.TEXT_TO_IMAGE, "QwenImagePipeline", "qwen_image_pipeline"),),
-        prompt_tokenizer="tokenizer",
-        components=components,
-        dims=(
-            Dim("batch", 1, 1, 4),
-            Dim("text_tokens", 1, 256, 1024),
-            Dim("image_tokens", 1, 4096, 4 * 16384),
-            Dim("latent_height", 2, 128, 256),
-            Dim("latent_width", 2, 128, 256),
-            Dim("height", 16, 1024, 2048),
-            Dim("width", 16, 1024, 2048),
-        ),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -189,40 +151,35 @@ def _graph_dims(path: Path) -> dict[str, list[int | str]]:
     return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
 
 
-def _export_and_check(
-    component: Component, source: Path, out: Path, shapes: list[dict[str, int]]
-) -> tuple[torch.nn.Module, list[dict]]:
+@pytest.mark.parametrize("triton_model", ["qwen_image_transformer", "qwen_edit_transformer"])
+def test_served_transformer_exports_hold_at_other_sizes_and_text_lengths(
+    triton_model: str, model_repository, stack_dirs
+) -> None:
+    """The served exports (the test stack's) beyond the contract's two shapes: a third batch, size and text length
+    (edit: condition images), torch parameter names kept as initializers, and only dead weights missing."""
+    family, component = component_of(triton_model)
+    zero_cond_t = family.name == "qwen-image-edit"
+    cond = int(zero_cond_t)  # edit: the target's tokens, then one (or two) condition images'
+    traced, other = PARITY_SHAPES[family.name]
+    shapes = [traced, other, qwen_shape(3, 192, 320, 300, cond)]
+    path = stack_dirs.onnx / triton_model / "model.onnx"
     adapter = ADAPTERS[component.exporter]
-    module = adapter.load(source).eval()
-    export_onnx(component, _family(component), module, adapter.example(module, shapes[0]), out)
-    rows = max_errors(component, module, adapter, out, shapes)
+    folder = resolve(component.checkpoints[0], "tiny", stack_dirs.checkpoints).path / component.subfolder
+    module = adapter.load(folder).eval()
+    rows = max_errors(component, module, adapter, path, shapes)
     for row in rows:
         assert all(err <= PARITY_LIMIT for err in row["max_abs_error"].values()), row
-    dims = _graph_dims(out)
-    assert list(dims) == [s.name for s in component.inputs]
+    assert {r["shape"]["text_tokens"] for r in rows} == {128, 77, 300}
+    dims = _graph_dims(path)
     for spec in component.inputs:
         named = [d for d in spec.dims if isinstance(d, str)]
         assert [d for d in dims[spec.name] if isinstance(d, str)] == named, (spec.name, dims[spec.name])
-    return module, rows
-
-
-@pytest.mark.parametrize("name", ["transformer", "transformer_edit"])
-def test_transformer_onnx_matches_torch_at_other_sizes_and_text_lengths(
-    name: str, tiny_dirs: dict[str, Path], tmp_path: Path
-) -> None:
-    zero_cond_t = name == "transformer_edit"
-    component = _transformer_component(zero_cond_t)
-    cond = int(zero_cond_t)  # edit: the target's tokens, then one (or two) condition images'
-    traced, other = PARITY_SHAPES["qwen-image-edit" if zero_cond_t else "qwen-image"]
-    shapes = [traced, other, qwen_shape(3, 192, 320, 300, cond)]
-    module, rows = _export_and_check(component, tiny_dirs[name], tmp_path / "model.onnx", shapes)
-    assert {r["shape"]["text_tokens"] for r in rows} == {128, 77, 300}
     # Initializers keep the torch parameter names, prefixed "model." (LoRA refit matches them by name).
-    initializers = {i.name for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
+    initializers = {i.name for i in onnx.load(str(path), load_external_data=False).graph.initializer}
     parameters = {n for n, _ in module.named_parameters()}  # "model.<name>": the wrapper holds the model at .model
     assert initializers <= parameters
     # Only weights that cannot reach the output are gone: the last block's text stream after its attention.
-    last = f"model.transformer_blocks.{TINY_TRANSFORMER['num_layers'] - 1}."
+    last = f"model.transformer_blocks.{module.model.config.num_layers - 1}."
     dead = {
         f"{last}{m}.{p}" for m in ("attn.to_add_out", "txt_mlp.net.0.proj", "txt_mlp.net.2") for p in ("weight", "bias")
     }
