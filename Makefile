@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: install
-	$(BIN)/python -m stack.serve
+	$(BIN)/python -m stack.serve $(if $(GROUPS),--groups $(GROUPS))
 
 test: install
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """`make serve`: tiny checkpoints, exported components, Triton on 8000/8001/8002, the API on 127.0.0.1:8080.
 
-Ctrl-C stops the API, then Triton (which unloads its models), and exits.
+`--groups flux,...` (`make serve GROUPS=...`) builds and serves only those app groups' routes. Ctrl-C stops the
+API, then Triton (which unloads its models), and exits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from api.samples import sample_body
-from registry import ROUTES
+from registry import GROUPS, routes_of
 
 from .build import REPO_ROOT, BuildDirs, build
 from .triton_server import Ports, TritonServer
@@ -33,30 +34,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
+    parser.add_argument("--groups", default="", help=f"comma-separated app groups (default: all of {sorted(GROUPS)})")
     args = parser.parse_args(argv)
+    groups = [g for g in args.groups.split(",") if g] or list(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        parser.error(f"unknown app groups {unknown}; the registry has {sorted(GROUPS)}")
+    routes = [r for g in groups for r in routes_of(g)]
 
     # Stop the same way on Ctrl-C and on `kill`, even when started from a shell that ignores SIGINT in background jobs.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     dirs = BuildDirs.under(Path(args.build_dir))
     t0 = time.perf_counter()
-    build(dirs)
+    built = build(dirs, checkpoints=list(dict.fromkeys(r.checkpoint for r in routes)))
     print(f"[serve] built in {time.perf_counter() - t0:.1f}s; starting tritonserver", flush=True)
 
     triton = TritonServer(
         repository=dirs.repository,
         backends_dir=dirs.backends,
         ports=Ports(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
-        log_path=dirs.root / "tritonserver.log",
+        log_path=Path(args.build_dir) / "tritonserver.log",
+        load_models=tuple(built.models),
     ).start()
     api: subprocess.Popen | None = None
     try:
         waited = triton.wait_ready()
         print(f"[serve] Triton ready in {waited:.1f}s (log: {triton.log_path})", flush=True)
-        env = dict(os.environ, RYLA_TRITON_GRPC_URL=triton.grpc_url)
+        env = dict(os.environ, RYLA_TRITON_GRPC_URL=triton.grpc_url, RYLA_GROUPS=",".join(groups))
         api = subprocess.Popen([sys.executable, "-m", "api", "--host", args.host, "--port", str(args.port)], env=env)
         base = f"http://{args.host}:{args.port}"
-        route = next(iter(ROUTES.values()))
+        route = routes[0]
         body = json.dumps(sample_body(route, size=route.limits.min_size, seed=None))
         print(
             f"[serve] API on {base} (docs: {base}/docs). Try:\n"
