@@ -1,1 +1,2 @@
-"""Measurements: perf_analyzer against Triton, load against the API, and the GPU benchmark."""
+"""Measurements: perf_analyzer against Triton, and what the families' GPU benchmarks (families/<folder>/benchmark.py)
+share: the served runner, the result rows and plots, and their arithmetic."""
