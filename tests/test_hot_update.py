@@ -50,11 +50,15 @@ def _ready(triton: TritonServer, model: str, version: int) -> bool:
         return False
 
 
-def _perturb_transformer(checkpoint: Path) -> None:
-    """What a model update looks like on disk: new weights in one subfolder."""
-    path = checkpoint / "transformer" / "diffusion_pytorch_model.safetensors"
+CHANGED = "flux_text_encoder"
+
+
+def _perturb_text_encoder(checkpoint: Path) -> None:
+    """What a model update looks like on disk: new weights in one subfolder (the CLIP text encoder's: the
+    cheapest component to re-export, and its pooled output conditions every image)."""
+    path = checkpoint / "text_encoder" / "model.safetensors"
     weights = load_file(path)
-    name = next(k for k in weights if k.startswith("proj_out.weight"))
+    name = "final_layer_norm.bias"
     torch.manual_seed(0)
     weights[name] = weights[name] + 0.5 * torch.randn_like(weights[name])
     path.unlink()  # a new inode: the served repository hard-links nothing from the checkpoint, but be explicit
@@ -83,7 +87,7 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
     shutil.copytree(stack_dirs.onnx, dirs.onnx, copy_function=_link_or_copy)
     label = f"local:{checkpoint.resolve()}"
     build_repository(dirs.repository, dirs.onnx, {"flux-schnell": CheckpointSource(checkpoint, label)}, "cpu", ["flux"])
-    old_version = _version(dirs.onnx, "flux_schnell_transformer")
+    old_version = _version(dirs.onnx, CHANGED)
     record = tmp_path / "build.json"  # what a build writes last
     refreshes: list[float] = []
 
@@ -108,7 +112,7 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
             thread = threading.Thread(target=stream)
             thread.start()
             try:
-                _perturb_transformer(checkpoint)
+                _perturb_text_encoder(checkpoint)
                 if loader == "updater":
                     update = update_family("flux", dirs, triton, checkpoint_paths={"flux-schnell": checkpoint})
                     exported, reloaded = update.exported, update.reloaded
@@ -116,7 +120,7 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
                     rebuild = rebuild_family("flux", dirs, checkpoint_paths={"flux-schnell": checkpoint})
                     exported = rebuild.exported
                     # The repository changed but the build has not written its record: a build in progress.
-                    assert watcher.stale() == ["flux_schnell_transformer"]
+                    assert watcher.stale() == [CHANGED]
                     assert watcher.poll() == []
                     record.write_text(json.dumps({"built_at": time.time()}))
                     reloaded = watcher.poll()
@@ -130,19 +134,19 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
             if loader == "watcher":
                 # A build that left a broken version: the load fails, the version that served keeps serving, and the
                 # next poll tries again (the watcher does not mark it loaded).
-                _broken_version(dirs.repository, "flux_schnell_transformer")
+                _broken_version(dirs.repository, CHANGED)
                 record.write_text(json.dumps({"built_at": time.time() + 1}))
                 assert watcher.poll() == []
-                assert watcher.stale() == ["flux_schnell_transformer"]
+                assert watcher.stale() == [CHANGED]
                 still = c.post("/flux", json=BODY)
                 assert still.status_code == 200 and still.content == after.content
     finally:
         triton.stop()
 
     # Exactly the changed component was rebuilt and reloaded; nothing else was touched.
-    assert exported == ["flux_schnell_transformer"]
-    assert reloaded == ["flux_schnell_transformer"]
-    assert _version(dirs.onnx, "flux_schnell_transformer") == old_version + 1
+    assert exported == [CHANGED]
+    assert reloaded == [CHANGED]
+    assert _version(dirs.onnx, CHANGED) == old_version + 1
     # No request lost while Triton loaded the new version beside the old one.
     assert served_during_update >= 3 and len(statuses) > served_during_update
     assert statuses.count(200) == len(statuses), statuses
