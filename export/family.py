@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from components.lora_merge import merge_lora
 from registry import FAMILIES, LORAS, Component, Family
 
 from . import manifest as mf
-from .onnx_export import OPTIONS, PARITY_LIMIT, ExportError, check_parity, export_onnx, max_errors
+from .onnx_export import PARITY_LIMIT, ExportError, check_parity, export_onnx, in_dtype, max_errors, options
 
 # last_run values
 EXPORTED, UNCHANGED, NOT_GIVEN, TORCH_ONLY = "exported", "unchanged", "not_given", "torch_only"
@@ -59,30 +59,43 @@ def _label(key: str, checkpoint_dirs: Mapping[str, Path], labels: Mapping[str, s
     return (labels or {}).get(key, f"local:{Path(checkpoint_dirs[key]).resolve()}")
 
 
+# Why a BF16 export has no parity check here: ONNX Runtime's CPU provider has no BF16 kernels for its matmuls and
+# convolutions; its graph is the FP32 export's (same module, same exporter) in another dtype, built by TensorRT.
+BF16_PARITY = "not run: ONNX Runtime's CPU provider has no BF16 kernels (the FP32 export's parity holds for the graph)"
+
+
 def _export_one(
     component: Component,
     family: Family,
     source: Path,
     staging: Path,
     lora_file: Path | None = None,
+    dtype: str = "float32",
 ) -> tuple[dict, int]:
-    """Export into `staging`, check the graph and parity; returns (manifest fields, parameter count)."""
+    """Export into `staging`, check the graph and (FP32) parity; returns (manifest fields, parameter count)."""
     adapter = adapter_of(family.name, component.exporter)
     module = adapter.load(source).eval()
     if lora_file is not None:  # merged at build time: the graph carries the fused weights under the base names
         merge_lora(module.model, lora_file, family.pipeline_class, LORAS[component.merged_lora].scale)
     shapes = parity_shapes(family.name)
+    example = adapter.example(module, shapes[0])
+    if dtype != "float32":
+        module, example = in_dtype(component, module, example, dtype)
     t0 = time.perf_counter()
-    export_onnx(component, family, module, adapter.example(module, shapes[0]), staging / "model.onnx")
+    cleanup = export_onnx(component, family, module, example, staging / "model.onnx")
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    parity = max_errors(component, module, adapter, staging / "model.onnx", shapes)
+    if dtype == "float32":
+        parity = max_errors(component, module, adapter, staging / "model.onnx", shapes)
+        check_parity(component, parity)
+    else:
+        parity = BF16_PARITY
     parity_s = time.perf_counter() - t0
-    check_parity(component, parity)
     parameters = sum(p.numel() for p in module.parameters())
     del module
     gc.collect()  # the next component should not share memory with this one's weights (real sizes: tens of GB)
-    return {"parity": parity, "export_s": round(export_s, 2), "parity_s": round(parity_s, 2)}, parameters
+    fields = {"parity": parity, "cleanup": cleanup, "export_s": round(export_s, 2), "parity_s": round(parity_s, 2)}
+    return fields, parameters
 
 
 def with_merged_lora(component: Component, content: str, loras: Mapping[str, Path] | None) -> tuple[Path | None, str]:
@@ -105,18 +118,24 @@ def export_family(
     labels: Mapping[str, str] | None = None,
     loras: Mapping[str, Path] | None = None,
     profile: str | None = None,
+    dtype: str = "float32",
+    components: Sequence[str] | None = None,
 ) -> dict:
     """Export the stale components of `family` to `out_dir/<triton_model>/model.onnx` and record them in
-    `out_dir/manifest.json`.
+    `out_dir/manifest.json`; with dtype "bfloat16", the BF16 graphs that TensorRT builds bf16 and fp8 plans from, to
+    `out_dir/bf16/` (manifest.graph_dir), for the components whose runtime is TensorRT (or those named).
 
     `checkpoint_dirs` maps checkpoint keys to diffusers folders; `labels` says where each came from ("hub:id@rev",
     "local:path"; default the path); `loras`: registry LoRA key -> file, for components that merge one; `profile`:
     export only what that serving profile runs from a graph (None: what any profile does). A component none of
     whose checkpoints is given is left alone, as is one that runs in torch (on `profile`, or on every profile).
+    components: export only these (None: every component the rules above keep).
     Returns the manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given" | "torch_only".
     """
     fam = FAMILIES[family]
-    out_dir = Path(out_dir)
+    out_dir = mf.graph_dir(Path(out_dir), dtype)
+    export_options = options(dtype)
+    wanted = _GRAPH_RUNTIMES if dtype == "float32" else {"tensorrt"}
     manifest = mf.load(out_dir)
     versions = mf.versions()
     last_run: dict[str, str] = {}
@@ -128,13 +147,15 @@ def export_family(
     }
     for component in fam.components:
         name = component.triton_model
+        if components is not None and name not in components:
+            continue
         present = [k for k in component.checkpoints if k in checkpoint_dirs]
         if not present:
             _log(f"{name}: none of {list(component.checkpoints)} given, skipped")
             last_run[name] = NOT_GIVEN
             continue
         runtimes = {r for p, r in component.backends if profile is None or p == profile}
-        if not runtimes & _GRAPH_RUNTIMES:
+        if components is None and not runtimes & wanted:
             _log(f"{name}: runs in torch on {'every' if profile is None else f'the {profile}'} profile, not exported")
             last_run[name] = TORCH_ONLY
             continue
@@ -143,7 +164,7 @@ def export_family(
             content=content,
             component=_export_fields(component),
             dims=_dims_used(component, fam),
-            options=OPTIONS,
+            options=export_options,
             versions=versions,
             parity_shapes=parity_shapes(fam.name),
         )
@@ -158,7 +179,7 @@ def export_family(
         # Export into a fresh folder and swap it in, so a reader never sees a half-written or unchecked model.
         with staged_folder(folder) as staging:
             fields, parameters = _export_one(
-                component, fam, Path(checkpoint_dirs[first]) / component.subfolder, staging, lora_file
+                component, fam, Path(checkpoint_dirs[first]) / component.subfolder, staging, lora_file, dtype
             )
         files = mf.other_files(folder)
         size = (folder / "model.onnx").stat().st_size + sum(files.values())
@@ -175,7 +196,7 @@ def export_family(
             "labels": {k: _label(k, checkpoint_dirs, labels) for k in present},
             "subfolder": component.subfolder,
             "content_hash": content,
-            "options": OPTIONS,
+            "options": export_options,
             "versions": versions,
             "inputs": [asdict(s) for s in component.inputs],
             "outputs": [asdict(s) for s in component.outputs],
@@ -194,10 +215,11 @@ def export_family(
             ),
         }
         mf.save(out_dir, manifest)
-        worst = max(e for row in fields["parity"] for e in row["max_abs_error"].values())
-        _log(
-            f"{name}: exported in {fields['export_s']:.1f}s (+{fields['parity_s']:.1f}s parity), "
-            f"{size / 1e6:.2f} MB, max |ORT-torch| {worst:.1e} at 2 shapes"
-        )
+        if isinstance(fields["parity"], list):
+            worst = max(e for row in fields["parity"] for e in row["max_abs_error"].values())
+            checked = f"(+{fields['parity_s']:.1f}s parity), max |ORT-torch| {worst:.1e} at 2 shapes"
+        else:
+            checked = f"in {dtype} (parity {fields['parity']})"
+        _log(f"{name}: exported in {fields['export_s']:.1f}s {checked}, {size / 1e6:.2f} MB")
         last_run[name] = EXPORTED
     return {**manifest, "last_run": last_run}

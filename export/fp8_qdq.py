@@ -1,4 +1,5 @@
-"""FP8 explicit quantization for TensorRT: an exported FP32 component graph -> the same graph with every FP8 layer's
+"""FP8 explicit quantization for TensorRT: an exported component graph (BF16 for plans, FP32 where ONNX Runtime
+checks it) -> the same graph with every FP8 layer's
 GEMM behind FP8 (E4M3FN) QuantizeLinear/DequantizeLinear nodes, the form TensorRT 10's ONNX parser fuses into FP8
 GEMMs. TensorRT never picks FP8 by itself (tensorrt_build.require_fp8_qdq); this module writes what it needs.
 
@@ -17,8 +18,9 @@ Gemm(transB=1) for 2-D inputs):
     range is wide enough for the outliers that percentiles clip for INT8, and clipping diffusion outliers costs
     more than the rounding it saves; saturate=1 (the default) clamps anything beyond at run time.
   - weights: one scale per output channel, s_w = amax(|W| over the row) / 448, from the weights themselves.
-  - weights stay FP32 initializers behind Q -> DQ (TensorRT quantizes them at build), rather than FP8 initializers
-    behind a DQ: the initializer names and values stay the export's, so LoRA refit by name (tensorrt_build.
+  - scales in the graph's float type (BF16 or FP32): a DequantizeLinear outputs its scale's type.
+  - weights stay the export's initializers behind Q -> DQ (TensorRT quantizes them at build), rather than FP8
+    initializers behind a DQ: the initializer names and values stay the export's, so LoRA refit by name (tensorrt_build.
     refit_engine, always from base weights) keeps working and TensorRT re-quantizes refitted weights; and the
     weights file is shared with the FP32 export by a hard link instead of a second copy. The cost, a file four
     times the FP8 size, is paid on the build machine only (the plan holds FP8 weights).
@@ -225,12 +227,14 @@ def calibrate(
 
 
 def weight_scales(weight: np.ndarray) -> np.ndarray:
-    """One scale per output channel (row of torch's [out, in] weight): amax / 448."""
-    return (np.maximum(np.abs(weight).max(axis=1), MIN_AMAX) / E4M3_MAX).astype(np.float32)
+    """One scale per output channel (row of torch's [out, in] weight): amax / 448, in the weight's own dtype (a
+    DequantizeLinear's output has its scale's type, which must be the graph's: FP32 or BF16)."""
+    amax = np.abs(weight.astype(np.float32)).max(axis=1)
+    return (np.maximum(amax, MIN_AMAX) / E4M3_MAX).astype(weight.dtype)
 
 
-def activation_scale(amax: float) -> np.float32:
-    return np.float32(max(amax, MIN_AMAX) / E4M3_MAX)
+def activation_scale(amax: float, dtype: type | np.dtype = np.float32) -> np.ndarray:
+    return np.array(max(amax, MIN_AMAX) / E4M3_MAX, dtype=np.float32).astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -358,7 +362,7 @@ def insert_qdq(
         weight = numpy_helper.to_array(inits[f"{prefix}{layer}.weight"], base_dir=str(base_dir or ""))
         base = f"fp8_qdq.{layer}"
         new_inits += [
-            numpy_helper.from_array(np.array(activation_scale(amax[layer])), f"{base}.input_scale"),
+            numpy_helper.from_array(activation_scale(amax[layer], weight.dtype), f"{base}.input_scale"),
             numpy_helper.from_array(weight_scales(weight), f"{base}.weight_scale"),
             _fp8_zeros(f"{base}.weight_zero_point", [weight.shape[0]]),
         ]

@@ -10,8 +10,11 @@ from pathlib import Path
 
 from artifacts import file_sha256, write_atomic
 
-EXPORTER_VERSION = 5  # bump when our adapters or export steps change what an export produces
+EXPORTER_VERSION = 6  # bump when our adapters or export steps change what an export produces
 MANIFEST = "manifest.json"
+# Where each dtype's exports go under the export folder: the FP32 graphs (the CPU profile serves them, and they are
+# what parity is checked on) at the top, the BF16 graphs that TensorRT builds bf16 and fp8 plans from in bf16/.
+GRAPH_FOLDERS = {"float32": "", "bfloat16": "bf16"}
 _PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "diffusers", "transformers")
 
 
@@ -48,3 +51,10 @@ def files_fresh(entry: dict, folder: Path) -> bool:
 def other_files(folder: Path, artifact: str = "model.onnx") -> dict[str, int]:
     """The files beside an artifact (external weights), by name and size, as manifests record them."""
     return {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.name != artifact}
+
+
+def graph_dir(onnx_dir: Path, dtype: str) -> Path:
+    """The folder (with its own manifest) that holds the `dtype` exports of the export folder `onnx_dir`."""
+    if dtype not in GRAPH_FOLDERS:
+        raise ValueError(f"export dtype {dtype!r}: expected one of {list(GRAPH_FOLDERS)}")
+    return Path(onnx_dir) / GRAPH_FOLDERS[dtype] if GRAPH_FOLDERS[dtype] else Path(onnx_dir)

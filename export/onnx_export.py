@@ -14,11 +14,33 @@ import torch
 from components.adapters import Adapter, Shape
 from registry import Component, Family
 
+from . import graph_cleanup
+
 OPSET = 18
 PARITY_LIMIT = 1e-4  # float32 here; anything larger is a wrong graph, not float noise
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB ceiling: larger models keep weights beside the graph
 # What an export depends on besides the weights and the registry (part of every artifact key).
-OPTIONS = {"opset": OPSET, "dynamo": True, "optimize": False, "dtype": "float32"}
+OPTIONS = {"opset": OPSET, "dynamo": True, "optimize": False, "dtype": "float32", "cleanup": "tensorrt-parser"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def options(dtype: str) -> dict:
+    """OPTIONS of an export in `dtype` ("float32": the CPU profile's graphs; "bfloat16": TensorRT's bf16/fp8)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"export dtype {dtype!r}: expected one of {list(DTYPES)}")
+    return {**OPTIONS, "dtype": dtype}
+
+
+def in_dtype(component: Component, module: torch.nn.Module, example: Sequence[torch.Tensor], dtype: str) -> tuple:
+    """`module` and its example inputs in `dtype`: the weights, and every float input that is not `exact` (those
+    stay FP32 on every profile: TensorSpec.exact), as the GPU profile feeds them."""
+    target = DTYPES[dtype]
+    module = module.to(target)
+    cast = tuple(
+        t.to(target) if t.is_floating_point() and not spec.exact else t
+        for spec, t in zip(component.inputs, example, strict=True)
+    )
+    return module, cast
 
 
 class ExportError(RuntimeError):
@@ -68,8 +90,9 @@ def _name_output_dims(program: torch.onnx.ONNXProgram, component: Component) -> 
 
 def export_onnx(
     component: Component, family: Family, module: torch.nn.Module, example: tuple[torch.Tensor, ...], out: Path
-) -> None:
-    """Write `out` (model.onnx, plus model.onnx.data when large) and check it.
+) -> dict[str, int]:
+    """Write `out` (model.onnx, plus model.onnx.data when large), cleaned for TensorRT's parser (graph_cleanup.py),
+    and check it; returns what the cleanup did.
 
     Exported without the optimizer so initializer names stay those of the torch parameters (LoRA refit matches
     weights by name); the optimizer renames and transposes them."""
@@ -93,7 +116,15 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     program.save(str(out), external_data=size > EXTERNAL_DATA_BYTES)
-    onnx.checker.check_model(str(out), full_check=True)  # the path form works past 2 GB
+    # Constants folded and sequences made Splits, weights untouched: what TensorRT's ONNX parser takes.
+    model = onnx.load(str(out), load_external_data=False)
+    cleaned = graph_cleanup.clean(model)
+    onnx.save(model, str(out))  # external weights, if any, stay in their file: only the graph changed
+    # ONNX's opset-18 type constraints leave BF16 out of Conv and a few others, which TensorRT takes anyway (its
+    # parser is the check of a BF16 graph): full shape and type inference for FP32 graphs only.
+    full = all(p.dtype == torch.float32 for p in module.parameters())
+    onnx.checker.check_model(str(out), full_check=full)  # the path form works past 2 GB
+    return cleaned
 
 
 @contextmanager

@@ -1,17 +1,14 @@
-"""Exported ONNX components → TensorRT plans, with min/opt/max profiles from the registry, one shared timing cache
+"""Exported ONNX components -> TensorRT plans, with min/opt/max profiles from the registry, one shared timing cache
 and a manifest, so a model, precision, profile, TensorRT or GPU change rebuilds exactly the plans it affects.
 
-TensorRT cannot be installed on the machines that develop this stack (design.md): `tensorrt` is imported lazily,
-only by the functions that need it (`build_engine`, `refit_engine`, `tensorrt_version`). Everything around them —
-profiles, plan names, the FP8 preconditions, the checks of profiles against the graph, the manifest's stale/fresh
-decisions — is plain Python and ONNX, tested on the CPU; `build_family_engines` takes its build step as an
-argument so tests inject a fake one. An "fp8" component's plan is built from its FP8 Q/DQ graph, which
-export/fp8_qdq.py calibrates and writes (when stale) on the way; the FP32 export stays the CPU profile's graph.
-
-Written to TensorRT 10's Python API (`trt.Builder`, `trt.OnnxParser.parse_from_file`, `IBuilderConfig`,
-`trt.IProgressMonitor`, `trt.Refitter`). TensorRT 11 removes the weak-typing precision flags (BuilderFlag.BF16):
-there a plan needs a strongly typed ONNX graph (`strongly_typed=True`), and `build_engine` says so rather than
-building something else.
+Strongly typed networks only (TensorRT 11 and TensorRT for RTX have nothing else): a plan's precision is its
+graph's. "fp32" builds the CPU profile's export, "bf16" the BF16 export (export_family(dtype="bfloat16"), in
+<onnx_dir>/bf16), "fp8" the FP8 Q/DQ graph that export/fp8_qdq.py calibrates and writes from the BF16 export.
+Which TensorRT builds (the datacenter one on Modal, TensorRT for RTX on the CPU install) is
+export/tensorrt_flavours.py's business; this module is one code path for both. Profiles, plan names, the checks of
+profiles and types against the graph and the manifest's stale/fresh decisions are plain Python and ONNX;
+`build_family_engines` takes its build step as an argument so the manifest's decisions are tested without
+spending a real build on each.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,12 +32,14 @@ from model_repository.plans import PLAN_VERSION, plan_filename
 from registry import FAMILIES, Component, Dim, Family
 
 from . import manifest as mf
+from . import tensorrt_flavours as flavours
+from .tensorrt_flavours import TensorRT
 
 Profile = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # (min, opt, max) shape of one input
 Profiles = dict[str, Profile]
 Log = Callable[[str], None]
 
-BUILDER_VERSION = 1  # bump when this module changes what a build produces (part of every plan's key)
+BUILDER_VERSION = 2  # bump when this module changes what a build produces (part of every plan's key)
 PRECISIONS = ("fp32", "bf16", "fp8")
 TIMING_CACHE = "timing.cache"
 
@@ -285,6 +283,61 @@ def bf16_io_names(component: Component) -> tuple[str, ...]:
     return tuple(s.name for s in (*component.inputs, *component.outputs) if s.dtype == "FP32" and not s.exact)
 
 
+# ONNX element type names as Triton and the registry spell them.
+_TYPE_NAMES = {
+    onnx.TensorProto.FLOAT: "FP32",
+    onnx.TensorProto.BFLOAT16: "BF16",
+    onnx.TensorProto.FLOAT16: "FP16",
+    onnx.TensorProto.INT64: "INT64",
+    onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.BOOL: "BOOL",
+    onnx.TensorProto.UINT8: "UINT8",
+}
+# The float type of a graph's weights for each precision: strongly typed, the graph is the precision.
+WEIGHT_TYPES = {"fp32": ("FP32",), "bf16": ("BF16",), "fp8": ("BF16", "FP32")}  # fp8: Q/DQ on a BF16 or FP32 graph
+
+
+def plan_io_types(component: Component, precision: str) -> dict[str, str]:
+    """The type of each plan input and output as Triton's GPU config declares it (model_repository/config.py): FP32
+    tensors that are not `exact` travel in BF16 when the component runs in BF16 or FP8 (bf16_io_names); an FP32 plan
+    keeps the registry's types."""
+    half = set(bf16_io_names(component)) if precision != "fp32" else set()
+    return {s.name: "BF16" if s.name in half else s.dtype for s in (*component.inputs, *component.outputs)}
+
+
+def graph_types(onnx_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """(I/O name -> type name, float initializer type name -> count) of a graph, read without its weights."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    io = {v.name: _TYPE_NAMES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)) for v in graph.input}
+    io.update({v.name: _TYPE_NAMES.get(v.type.tensor_type.elem_type, "?") for v in graph.output})
+    weights: dict[str, int] = {}
+    for t in graph.initializer:
+        name = _TYPE_NAMES.get(t.data_type)
+        if name in ("FP32", "BF16", "FP16") and len(t.dims) >= 2:  # matrices and kernels: the weights, not scalars
+            weights[name] = weights.get(name, 0) + 1
+    return io, weights
+
+
+def check_graph_types(onnx_path: Path, precision: str, io_types: Mapping[str, str] | None) -> str:
+    """The graph is of `precision` (its weights' float type) and, given `io_types`, its inputs and outputs have those
+    types; returns the weights' type. On the CPU, before TensorRT loads: a strongly typed plan takes both from the
+    graph, and a plan whose I/O types differ from its Triton config does not load."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    io, weights = graph_types(onnx_path)
+    kinds = sorted(weights)
+    if len(kinds) != 1 or kinds[0] not in WEIGHT_TYPES[precision]:
+        raise BuildError(
+            f"{onnx_path}: a strongly typed {precision} plan needs {' or '.join(WEIGHT_TYPES[precision])} weights, "
+            f"the graph has {weights or 'none'}: export it in that precision (export_family(dtype=...))"
+        )
+    wrong = {n: (io.get(n), t) for n, t in (io_types or {}).items() if io.get(n) != t}
+    if wrong:
+        detail = ", ".join(f"{n} is {g} (config: {t})" for n, (g, t) in sorted(wrong.items()))
+        raise BuildError(f"{onnx_path}: inputs/outputs differ from the serving config's types: {detail}")
+    return kinds[0]
+
+
 def _json_profiles(profiles: Mapping[str, Profile]) -> dict[str, list[list[int]]]:
     return {name: [list(s) for s in p] for name, p in profiles.items()}
 
@@ -295,18 +348,19 @@ def plan_key(
     precision: str,
     profiles: Mapping[str, Profile],
     flags: Mapping[str, Any],
-    trt_version: str,
+    tensorrt: str,
     compute_capability: str,
 ) -> str:
     """Everything a plan depends on. The ONNX enters by the export manifest's sha256 of model.onnx *and* its
     export key: with external weights, model.onnx holds only the graph, so new weights of the same shapes leave its
-    sha256 unchanged while the export key (checkpoint content hash, LoRA hash) moves."""
+    sha256 unchanged while the export key (checkpoint content hash, LoRA hash) moves. `tensorrt`: flavour and
+    version ("trt10.13.3.9", "trtrtx1.7.1.116")."""
     return mf.artifact_key(
         onnx={"sha256": onnx_entry["sha256"], "export_key": onnx_entry.get("key")},
         precision=precision,
         profiles=_json_profiles(profiles),
         flags=dict(flags),
-        tensorrt=trt_version,
+        tensorrt=tensorrt,
         compute_capability=compute_capability,
         builder=BUILDER_VERSION,
     )
@@ -315,46 +369,11 @@ def plan_key(
 # --- TensorRT -------------------------------------------------------------------------------------------------------
 
 
-def _import_tensorrt() -> Any:
+def _tensorrt(tensorrt: TensorRT | None) -> TensorRT:
     try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BuildError(
-            "the `tensorrt` Python package is not installed: plans are built where it is (the NGC Triton image on "
-            "Modal), not on the development machines (design.md)"
-        ) from e
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise BuildError(f"TensorRT {trt.__version__}: this builder needs TensorRT 10 or newer")
-    return trt
-
-
-def tensorrt_version() -> str:
-    return _import_tensorrt().__version__
-
-
-def device_compute_capability(device: int = 0) -> str:
-    """'9.0' for an H100: from nvidia-smi (no CUDA context needed), else torch."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--id={device}", "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.strip()
-        if re.fullmatch(r"\d+\.\d+", out):
-            return out
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(device)
-            return f"{major}.{minor}"
-    except ImportError:
-        pass
-    raise BuildError("no CUDA GPU found: a TensorRT plan is built on the GPU model it will run on")
+        return tensorrt if tensorrt is not None else flavours.installed()
+    except flavours.TensorRTMissing as e:
+        raise BuildError(str(e)) from e
 
 
 class _ProgressPrinter:
@@ -415,14 +434,86 @@ def _progress_monitor(trt: Any, printer: _ProgressPrinter) -> Any:
     return ProgressMonitor()
 
 
-def _precision_flags(precision: str, strongly_typed: bool) -> list[str]:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
-    if strongly_typed:
-        return []  # the graph's own types (BF16 tensors, FP8 Q/DQ) decide; TensorRT rejects precision flags here
-    # Weak typing: BF16 lets TensorRT pick BF16 kernels where faster; FP8 comes only from the graph's Q/DQ nodes
-    # (BuilderFlag.FP8 only enables FP8 plugin I/O, which these graphs have none of).
-    return {"fp32": [], "bf16": ["BF16"], "fp8": ["BF16"]}[precision]
+def _parse_errors(parser: Any) -> str:
+    return "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+
+
+def network_summary(trt: Any, network: Any) -> dict[str, Any]:
+    """What the parsed network says before any GPU is involved: its layer count and the matrix multiplies both of
+    whose inputs are dequantized from FP8 (the GEMMs TensorRT fuses with their Q/DQ into FP8 GEMMs)."""
+    producers: dict[str, Any] = {}
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    for layer in layers:
+        for k in range(layer.num_outputs):
+            producers[layer.get_output(k).name] = layer
+
+    def from_fp8(tensor: Any) -> bool:
+        dq = producers.get(tensor.name)
+        # The parser broadcasts a 2-D weight to the activation's rank with a Shuffle: layout only, TensorRT moves
+        # Q/DQ across it when it fuses.
+        while dq is not None and dq.type == trt.LayerType.SHUFFLE and dq.num_inputs:
+            dq = producers.get(dq.get_input(0).name)
+        if dq is None or dq.type != trt.LayerType.DEQUANTIZE:
+            return False
+        q = producers.get(dq.get_input(0).name)
+        return q is not None and q.type == trt.LayerType.QUANTIZE and q.get_output(0).dtype == trt.fp8
+
+    gemms = [layer for layer in layers if layer.type == trt.LayerType.MATRIX_MULTIPLY]
+    fp8 = [g.name for g in gemms if all(from_fp8(g.get_input(k)) for k in range(2))]
+    return {"layers": len(layers), "matrix_multiplies": len(gemms), "fp8_matrix_multiplies": len(fp8)}
+
+
+def _capturing_logger(trt: Any, log: Log) -> Any:
+    """A trt.ILogger that forwards warnings and errors to `log` and keeps the engine's layer listing, which TensorRT
+    (for RTX, with ProfilingVerbosity.DETAILED) prints at VERBOSE once the plan is built: each fused layer with its
+    type and its inputs' and constants' data types, the only per-layer precision visible without a GPU."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.layers: str | None = None
+            self.errors: list[str] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            with contextlib.suppress(Exception):  # never raise into TensorRT
+                if msg.startswith("Layers:"):
+                    self.layers = msg
+                elif int(severity) <= int(trt.ILogger.Severity.WARNING):
+                    log(f"[tensorrt] {msg}")
+                    if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                        self.errors.append(msg)
+
+    return Logger()
+
+
+_LAYER = re.compile(
+    r"Name: (?P<name>.*?), LayerType: (?P<type>\w+), "
+    r"Inputs: \[(?P<inputs>.*?)\], Constants: \[(?P<consts>.*?)\], Outputs:"
+)
+
+
+_GEMM_TYPES = (("FP8", "FP8"), ("BFloat16", "BF16"), ("Half", "FP16"), ("Float", "FP32"))
+
+
+def gemm_precisions(layers: str | None) -> dict[str, Any] | None:
+    """From the engine's layer listing (_capturing_logger): how many GEMM layers read FP8 (inputs and weights),
+    BF16 or FP32, and the names of the FP8 ones (TensorRT names a fused layer after its ONNX nodes, e.g.
+    'node_MatMul_136+node_MatMul_134+node_MatMul_132_myl0_21' for Q, K and V fused). None when TensorRT printed no
+    listing (the datacenter TensorRT lists layers through its engine inspector, on a GPU, instead)."""
+    if layers is None:
+        return None
+    counts: dict[str, int] = {}
+    fp8: list[str] = []
+    for line in layers.splitlines():
+        match = _LAYER.search(line)
+        if match is None or match["type"] != "gemm":
+            continue
+        types = set(re.findall(r"Datatype: (\w+)", match["inputs"]))  # what the GEMM reads (its weights match)
+        kind = next((name for t, name in _GEMM_TYPES if t in types), "+".join(sorted(types)))
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "FP8":
+            fp8.append(match["name"])
+    return {"gemms": counts, "fp8_gemms": fp8}
 
 
 def build_engine(
@@ -430,83 +521,66 @@ def build_engine(
     out_path: Path,
     profiles: Mapping[str, Profile],
     *,
-    precision: str = "bf16",
+    precision: str,
     timing_cache_path: Path,
+    compute_capability: str,
     optimization_level: int = 3,
     refittable: bool = False,
     workspace_gb: float | None = None,
-    strongly_typed: bool = False,
-    bf16_io: Sequence[str] = (),
-    compute_capability: str | None = None,
+    io_types: Mapping[str, str] | None = None,
+    tensorrt: TensorRT | None = None,
     log: Log = print,
 ) -> dict:
-    """Build one plan from `onnx_path` (external weights beside it are read by the parser) into `out_path`.
+    """Build one strongly typed plan from `onnx_path` (external weights beside it are read by the parser) into
+    `out_path`, for `compute_capability`.
 
-    precision: "bf16" (default) sets BuilderFlag.BF16: TensorRT may run any layer in BF16 (FP32 where faster or
-    unsupported). "fp32" sets no reduced-precision flag (TF32 matmuls, TensorRT's default), for modules BF16 hurts
-    (NVIDIA's diffusion demo builds VAEs in FP32). "fp8": TensorRT does not choose FP8 by itself; a layer runs in FP8
-    only between FP8 QuantizeLinear/DequantizeLinear nodes that a quantizer put into the ONNX graph (explicit
-    quantization: NVIDIA ModelOpt calibrates the scales and leaves sensitive layers unquantized). So "fp8" refuses a
-    graph without FP8 Q/DQ (checked on the CPU, before TensorRT loads) and otherwise builds like "bf16", the Q/DQ
-    nodes fixing the FP8 layers. `strongly_typed=True` instead builds a strongly typed network (ModelOpt's BF16 +
-    FP8 export, as NVIDIA's diffusion demo does, and the only mode TensorRT 11 keeps): no precision flags, types come
-    from the graph, and the I/O types too (so no `bf16_io`).
+    Strongly typed, the only mode TensorRT 11 and TensorRT for RTX keep: every tensor's type is the graph's, so
+    `precision` is a claim about the graph that is checked, not a flag (check_graph_types): "fp32" (the CPU export),
+    "bf16" (a BF16 export: BF16 weights, torch's own upcasts kept), "fp8" (a Q/DQ graph of export/fp8_qdq.py: FP8
+    only between its QuantizeLinear/DequantizeLinear nodes, which TensorRT fuses into FP8 GEMMs; refused on the CPU
+    without them). io_types: the types Triton's config declares for the plan's inputs and outputs (plan_io_types).
 
     profiles: input name -> (min, opt, max) shapes, one optimization profile. timing_cache_path: loaded when
     present (a cache from another GPU or TensorRT is dropped, with a log line) and saved back after the build, so
-    later builds reuse layer timings. refittable: BuilderFlag.REFIT, weights named by ONNX initializer
-    (refit_engine). bf16_io: FP32 graph inputs/outputs declared BF16 at the plan's boundary (bf16_io_names).
-    compute_capability: when given, the GPU here must have it (a plan is built for the GPU that builds it).
+    later builds reuse layer timings (the datacenter TensorRT; TensorRT for RTX has none). refittable:
+    BuilderFlag.REFIT, weights named by ONNX initializer (refit_engine). tensorrt: which TensorRT builds (default:
+    the installed one, export/tensorrt_flavours.py).
 
-    Returns the manifest record: tensorrt, compute_capability, precision, profiles, flags, seconds, bytes.
+    Returns the manifest record: tensorrt, compute_capability, precision, profiles, flags, network, seconds, bytes.
+    A graph TensorRT's parser refuses raises BuildError with the parser's own messages.
     """
     onnx_path, out_path, timing_cache_path = Path(onnx_path), Path(out_path), Path(timing_cache_path)
-    flag_names = _precision_flags(precision, strongly_typed)
-    if strongly_typed and bf16_io:
-        raise ValueError("a strongly typed network takes its I/O types from the ONNX graph: bf16_io must be empty")
     if not 0 <= optimization_level <= 5:
         raise ValueError(f"builder optimization level {optimization_level}: TensorRT takes 0..5")
     check_profiles(onnx_path, profiles)
+    weights = check_graph_types(onnx_path, precision, io_types)
     qdq = require_fp8_qdq(onnx_path) if precision == "fp8" else 0
-    if refittable:
-        flag_names.append("REFIT")
 
-    trt = _import_tensorrt()
-    cc = device_compute_capability()
-    if compute_capability is not None and compute_capability != cc:
-        raise BuildError(
-            f"a plan for compute capability {compute_capability} must be built on such a GPU; this is {cc}"
-        )
-    logger = trt.Logger(trt.Logger.WARNING)
+    engine = _tensorrt(tensorrt)
+    trt = engine.module
+    logger = _capturing_logger(trt, log)
     builder = trt.Builder(logger)
-    # TensorRT 10 networks are always explicit-batch; STRONGLY_TYPED is the one creation flag we may need.
-    network = builder.create_network(
-        1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    )
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     log(f"[tensorrt] parsing {onnx_path}")
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"{onnx_path}: the TensorRT ONNX parser failed:\n{errors}")
-
-    io = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
-    io.update({network.get_output(i).name: network.get_output(i) for i in range(network.num_outputs)})
-    for name in bf16_io:
-        if name not in io:
-            raise BuildError(f"bf16_io names {name!r}, which is no input or output of the network")
-        if io[name].dtype != trt.float32:
-            raise BuildError(f"bf16_io: {name} is {io[name].dtype} in the network, not FP32")
-        io[name].dtype = trt.bfloat16
+        raise BuildError(
+            f"{onnx_path}: TensorRT's ONNX parser ({engine.flavour} {engine.version}) failed:\n{_parse_errors(parser)}"
+        )
+    summary = network_summary(trt, network)
+    if precision == "fp8" and not summary["fp8_matrix_multiplies"]:
+        raise BuildError(f"{onnx_path}: {qdq} FP8 Q/DQ nodes, but no matrix multiply reads two FP8-dequantized inputs")
 
     config = builder.create_builder_config()
+    try:
+        engine.target(config, compute_capability)
+    except flavours.TensorRTMissing as e:
+        raise BuildError(str(e)) from e
+    flag_names = ["REFIT"] if refittable else []
     for name in flag_names:
-        if not hasattr(trt.BuilderFlag, name):
-            raise BuildError(
-                f"TensorRT {trt.__version__} has no BuilderFlag.{name} (weak typing was removed in TensorRT 11): "
-                "export a strongly typed graph (BF16 weights, FP8 Q/DQ) and pass strongly_typed=True"
-            )
         config.set_flag(getattr(trt.BuilderFlag, name))
     config.builder_optimization_level = optimization_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names and types in the plan and the log
     if workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     profile = builder.create_optimization_profile()
@@ -514,37 +588,51 @@ def build_engine(
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
 
-    cached = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
-    cache = config.create_timing_cache(cached)
-    # ignore_mismatch=False: never reuse another GPU's timings (nor an unreadable cache of another TensorRT).
-    if cache is None or not config.set_timing_cache(cache, False):
-        log(f"[tensorrt] {timing_cache_path} was made on another GPU or TensorRT: starting an empty timing cache")
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+    if engine.timing_cache:
+        cached = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
+        cache = config.create_timing_cache(cached)
+        # ignore_mismatch=False: never reuse another GPU's timings (nor an unreadable cache of another TensorRT).
+        if cache is None or not config.set_timing_cache(cache, False):
+            log(f"[tensorrt] {timing_cache_path} was made on another GPU or TensorRT: starting an empty timing cache")
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, False)
     monitor = _progress_monitor(trt, _ProgressPrinter(log))
     config.progress_monitor = monitor  # the config keeps it alive; `monitor` too, until the build returns
 
-    log(f"[tensorrt] building {out_path.name}: {precision}, flags {flag_names or ['none']}, level {optimization_level}")
+    log(
+        f"[tensorrt] building {out_path.name}: {precision} ({weights} weights), sm{compute_capability}, "
+        f"flags {flag_names or ['none']}, level {optimization_level}"
+    )
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
     if serialized is None:
-        raise BuildError(f"{onnx_path}: TensorRT could not build a plan (its log above says why)")
+        why = "\n".join(logger.errors) or "(no error logged)"
+        hint = engine.refit_problem() if refittable else None
+        raise BuildError(
+            f"{onnx_path}: TensorRT ({engine.flavour} {engine.version}) could not build a plan:\n{why}"
+            + (f"\n{hint}" if hint else "")
+        )
     size = write_atomic(out_path, memoryview(serialized))
-    write_atomic(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
+    if engine.timing_cache:
+        write_atomic(timing_cache_path, memoryview(config.get_timing_cache().serialize()))
     log(f"[tensorrt] {out_path} built in {seconds:.1f}s, {size / 1e6:.1f} MB")
     return {
-        "tensorrt": trt.__version__,
-        "compute_capability": cc,
+        "tensorrt": {"flavour": engine.flavour, "version": engine.version},
+        "compute_capability": compute_capability,
         "precision": precision,
+        "weights": weights,
         "profiles": _json_profiles(profiles),
+        "io_types": dict(io_types or {}),
         "flags": {
             "builder_flags": flag_names,
             "optimization_level": optimization_level,
-            "strongly_typed": strongly_typed,
+            "strongly_typed": True,
             "workspace_gb": workspace_gb,
-            "bf16_io": list(bf16_io),
+            "timing_cache": engine.timing_cache,
         },
+        "network": summary,
+        "engine_layers": gemm_precisions(logger.layers),
         "fp8_qdq_nodes": qdq,
         "seconds": round(seconds, 2),
         "bytes": size,
@@ -615,7 +703,7 @@ def refit_engine(
     """
     engine_path = Path(engine_path)
     base: Mapping[str, Any] = _OnnxInitializers(base_onnx) if base_onnx is not None else {}
-    trt = _import_tensorrt()
+    trt = _tensorrt(None).module
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
@@ -676,16 +764,21 @@ class Fp8Inputs:
     qdq_dir: Path | None = None
 
 
+# The export each precision's plan is built from (fp8: the Q/DQ graph is written from this one).
+GRAPH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}
+
+
 def _fp8_graph(component: Component, fam: Family, onnx_dir: Path, fp8: Fp8Inputs, log: Log) -> tuple[Path, dict]:
-    """The component's FP8 Q/DQ graph and its manifest entry, calibrated and written when stale."""
+    """The component's FP8 Q/DQ graph (from its BF16 export) and its manifest entry, calibrated and written when
+    stale."""
     from . import fp8_qdq  # torch and diffusers: only when an FP8 plan is asked for
 
     path, entry, _ = fp8_qdq.build_qdq_onnx(
         component,
         fam,
-        onnx_dir,
+        mf.graph_dir(onnx_dir, GRAPH_DTYPES["fp8"]),
         fp8.checkpoint_dirs,
-        qdq_dir=fp8.qdq_dir,
+        qdq_dir=fp8.qdq_dir if fp8.qdq_dir is not None else onnx_dir / fp8_qdq.QDQ_DIR,
         loras=fp8.loras,
         calibration=fp8.calibration,
         log=lambda m: log(f"[fp8_qdq] {m}"),
@@ -697,15 +790,15 @@ def _fp8_graph(component: Component, fam: Family, onnx_dir: Path, fp8: Fp8Inputs
 def _jobs(
     fam: Family,
     onnx_dir: Path,
-    onnx_manifest: dict,
     names: Sequence[str],
     precisions: Mapping[str, str],
     optimization_level: int,
     workspace_gb: float | None,
+    refit: bool,
     fp8: Fp8Inputs | None = None,
     log: Log = print,
 ) -> list[_Job]:
-    """Everything decided before any build (profiles, flags, FP8 preconditions), so a mistake in the fifth
+    """Everything decided before any build (graphs, profiles, flags, FP8 preconditions), so a mistake in the fifth
     component fails before the first one spends minutes building. FP8 components then get their Q/DQ graph
     (calibrated when stale), which their plan is built from."""
     by_name = {c.triton_model: c for c in fam.components}
@@ -714,15 +807,9 @@ def _jobs(
         if name not in by_name:
             raise ValueError(f"{name!r} is no component of family {fam.name}: {sorted(by_name)}")
         component = by_name[name]
-        entry = onnx_manifest["models"].get(name)
-        onnx_path = onnx_dir / name / "model.onnx"
-        if entry is None or not onnx_path.is_file():
-            raise BuildError(
-                f"{name}: no exported ONNX in {onnx_dir} (run `python -m export` first; components "
-                "that run in torch on every profile have none)"
-            )
         precision = precisions.get(name, component.precision)
-        _precision_flags(precision, strongly_typed=False)
+        if precision not in PRECISIONS:
+            raise ValueError(f"{name}: precision {precision!r}: expected one of {PRECISIONS}")
         if precision == "fp8":
             if not component.fp8_layers:
                 raise BuildError(f"{name}: precision 'fp8' needs registry fp8_layers (which linears run in FP8)")
@@ -732,12 +819,21 @@ def _jobs(
                     f"by running the pipeline: pass fp8=Fp8Inputs(checkpoint_dirs=...) with one of "
                     f"{list(component.checkpoints)}, or build 'bf16'"
                 )
+        dtype = GRAPH_DTYPES[precision]
+        graphs = mf.graph_dir(onnx_dir, dtype)
+        entry = mf.load(graphs)["models"].get(name)
+        onnx_path = graphs / name / "model.onnx"
+        if entry is None or not onnx_path.is_file():
+            raise BuildError(
+                f"{name}: {precision} plans are built from the {dtype} export and there is none in {graphs} "
+                f"(export it: export_family(..., dtype={dtype!r}); components that run in torch on every profile "
+                "have none)"
+            )
         flags = {
-            "refittable": refittable(component, fam),
+            "refittable": refit and refittable(component, fam),
             "optimization_level": optimization_level,
             "workspace_gb": workspace_gb,
-            "strongly_typed": False,
-            "bf16_io": list(bf16_io_names(component)),
+            "io_types": plan_io_types(component, precision),
         }
         profiles = input_profiles(component, fam, onnx_path)
         jobs.append(_Job(component, onnx_path, entry, precision, profiles, flags))
@@ -759,9 +855,10 @@ def build_family_engines(
     precisions: Mapping[str, str] | None = None,
     optimization_level: int = 3,
     workspace_gb: float | None = None,
-    trt_version: str | None = None,
+    tensorrt: TensorRT | None = None,
     force: bool = False,
     fp8: Fp8Inputs | None = None,
+    refit: bool = True,
     builder: Builder = build_engine,
     log: Log = print,
 ) -> dict:
@@ -769,16 +866,20 @@ def build_family_engines(
     `out_dir/manifest.json`, sharing one timing cache `out_dir/timing.cache`.
 
     components: which to build; default, those whose registry GPU backend is "tensorrt" — none today (the GPU
-    profile runs torch), so name them to build any. Each needs an exported ONNX in `onnx_dir` (export/ layout and
-    manifest). precisions: triton model -> "fp32" | "bf16" | "fp8", overriding the registry's Component.precision
-    (the transformers say "fp8"). An "fp8" plan is built from the component's FP8 Q/DQ graph
-    (export/fp8_qdq.py: the registry's fp8_layers, activation scales calibrated by running the stock pipeline of
-    `fp8.checkpoint_dirs`), written to <onnx_dir>/fp8_qdq when stale; without `fp8` an "fp8" component is refused
-    before anything is built. The CPU profile keeps serving the FP32 export. capabilities:
-    the compute capabilities to build for, default this GPU's; build_engine builds only for the GPU it runs on.
-    trt_version: default the installed TensorRT's. A plan is rebuilt when its key (plan_key: ONNX, precision,
-    profiles, flags, TensorRT version, compute capability) changed or its file is not the one recorded; one plan per
-    compute capability is kept (a TensorRT upgrade replaces the old version's file). Refittable: see `refittable`.
+    profile runs torch), so name them to build any. precisions: triton model -> "fp32" | "bf16" | "fp8", overriding
+    the registry's Component.precision (the transformers say "fp8", the rest "bf16"). Each plan is built from the
+    export of its precision in `onnx_dir` (GRAPH_DTYPES: fp32 the FP32 export, bf16 the BF16 export in bf16/);
+    an "fp8" plan from the component's FP8 Q/DQ graph (export/fp8_qdq.py: the registry's fp8_layers, activation
+    scales calibrated by running the stock pipeline of `fp8.checkpoint_dirs`), written from the BF16 export to
+    <onnx_dir>/fp8_qdq when stale; without `fp8` an "fp8" component is refused before anything is built. Triton's
+    GPU config declares the registry precision's I/O types (plan_io_types), so an overridden precision builds a plan
+    to measure, not to serve. capabilities: the compute capabilities to build for; default this GPU's with the
+    datacenter TensorRT (it builds only for the GPU it runs on); TensorRT for RTX needs them named. tensorrt: which
+    TensorRT builds (default: the installed one). A plan is rebuilt when its key (plan_key: graph, precision,
+    profiles, flags, TensorRT flavour and version, compute capability) changed or its file is not the one recorded;
+    one plan per compute capability is kept (a TensorRT upgrade replaces the old version's file). refit=False
+    builds every plan without REFIT (TensorRT for RTX cannot build refittable plans without a GPU:
+    TensorRT.refit_problem); otherwise the components LoRA weights reach are refittable (`refittable`).
 
     Returns the manifest plus `last_run`: triton model -> compute capability -> "built" | "unchanged".
     """
@@ -791,13 +892,18 @@ def build_family_engines(
                 f"[tensorrt] {family}: no component has GPU backend 'tensorrt' in the registry; nothing to build "
                 "(pass components=[...] to build some anyway)"
             )
-    jobs = _jobs(
-        fam, onnx_dir, mf.load(onnx_dir), components, precisions or {}, optimization_level, workspace_gb, fp8, log
-    )
+    jobs = _jobs(fam, onnx_dir, components, precisions or {}, optimization_level, workspace_gb, refit, fp8, log)
     if not jobs:
         return {**mf.load(out_dir), "last_run": {}}
-    version = trt_version or tensorrt_version()
-    ccs = list(capabilities) if capabilities is not None else [device_compute_capability()]
+    engine = _tensorrt(tensorrt)
+    if capabilities is None:
+        if engine.builds_without_gpu:
+            raise BuildError(
+                f"TensorRT for RTX builds ahead of time for a named GPU: pass capabilities from "
+                f"{list(engine.compute_capabilities())}"
+            )
+        capabilities = engine.compute_capabilities()
+    ccs = list(capabilities)
     manifest = mf.load(out_dir)
     timing_cache = out_dir / TIMING_CACHE
     last_run: dict[str, dict[str, str]] = {}
@@ -811,14 +917,14 @@ def build_family_engines(
             )
         record = manifest["models"].setdefault(name, {"family": family, "plans": {}})
         for cc in ccs:
-            filename = plan_filename(version, cc)
+            filename = plan_filename(engine.flavour, engine.version, cc)
             plan = out_dir / name / PLAN_VERSION / filename
             key = plan_key(
                 onnx_entry=job.onnx_entry,
                 precision=job.precision,
                 profiles=job.profiles,
                 flags=job.flags,
-                trt_version=version,
+                tensorrt=f"{engine.flavour}{engine.version}",
                 compute_capability=cc,
             )
             entry = record["plans"].get(cc)
@@ -832,11 +938,12 @@ def build_family_engines(
                 job.profiles,
                 precision=job.precision,
                 timing_cache_path=timing_cache,
+                compute_capability=cc,
                 optimization_level=job.flags["optimization_level"],
                 refittable=job.flags["refittable"],
                 workspace_gb=job.flags["workspace_gb"],
-                bf16_io=job.flags["bf16_io"],
-                compute_capability=cc,
+                io_types=job.flags["io_types"],
+                tensorrt=engine,
                 log=log,
             )
             if entry and entry.get("file") != filename:  # one plan per GPU: the old TensorRT's plan goes
@@ -846,6 +953,7 @@ def build_family_engines(
                 "key": key,
                 "file": filename,
                 "sha256": file_sha256(plan),
+                "onnx": str(job.onnx.relative_to(onnx_dir)),
                 "onnx_sha256": job.onnx_entry["sha256"],
                 "export_key": job.onnx_entry.get("key"),
                 "refittable": job.flags["refittable"],

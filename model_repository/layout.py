@@ -15,7 +15,7 @@ from pathlib import Path
 from artifacts import place_file
 from registry import FAMILIES, SOURCE_PARAMETER_PREFIX, Component, checkpoints_of
 
-from .config import component_config, pipeline_config
+from .config import PLAN_FILES, component_config, pipeline_config
 from .plans import PLAN_VERSION
 
 VERSION = "1"
@@ -98,9 +98,14 @@ def _component(
         # Plans built by export/tensorrt_build.py into plans_dir/<model>/1/, one per compute capability and named by
         # TensorRT version; the config's cc_model_filenames picks the one for the GPU it runs on.
         source_dir = None if plans_dir is None else plans_dir / component.triton_model / PLAN_VERSION
-        plans = [] if source_dir is None else sorted(source_dir.glob("*.plan"))
+        # Only the plans the config names: a plan of another TensorRT (TensorRT for RTX, an older version) never
+        # goes into the repository, where Triton could not load it anyway.
+        wanted = set(PLAN_FILES.values())
+        plans = [] if source_dir is None else sorted(p for p in source_dir.glob("*.plan") if p.name in wanted)
         if not plans:
-            raise FileNotFoundError(f"{component.triton_model}: no TensorRT plan in {source_dir}: build the engines")
+            raise FileNotFoundError(
+                f"{component.triton_model}: no TensorRT plan named {sorted(wanted)} in {source_dir}: build the engines"
+            )
         changed |= _write(model_dir / "config.pbtxt", component_config(component, profile))
         version_dir.mkdir(parents=True, exist_ok=True)
         for plan in plans:

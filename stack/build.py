@@ -114,6 +114,10 @@ def build(
         out.exported += sorted(name for name, state in manifest["last_run"].items() if state == EXPORTED)
         plans = [c.triton_model for c in graphs if c.backend(profile) == "tensorrt"]
         if plans:
+            # bf16 and fp8 plans are built from BF16 graphs (export/tensorrt_build.py GRAPH_DTYPES).
+            export_family(
+                family, served, dirs.onnx, force=force, labels=labels, loras=loras, profile=profile, dtype="bfloat16"
+            )
             before_engines()
             # Imported only here: TensorRT exists only where plans are built.
             from export.tensorrt_build import Fp8Inputs, build_family_engines

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,3 +103,22 @@ def api_url(triton: TritonServer) -> Iterator[str]:
 def client(api_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api_url, timeout=300) as c:
         yield c
+
+
+VAE = "flux_vae_decoder"
+
+
+@pytest.fixture(scope="session")
+def vae_exports(model_repository: Path, stack_dirs: BuildDirs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export folder holding the FLUX VAE's FP32 export (the test stack's) and its BF16 export (made here), each
+    with its manifest: what bf16 and fp32 plans of the VAE are built from."""
+    from checkpoints import resolve
+    from export import manifest as mf
+    from export.family import export_family
+
+    onnx_dir = tmp_path_factory.mktemp("vae-exports")
+    shutil.copytree(stack_dirs.onnx / VAE, onnx_dir / VAE)
+    mf.save(onnx_dir, {"models": {VAE: mf.load(stack_dirs.onnx)["models"][VAE]}})
+    checkpoint = {"flux-schnell": resolve("flux-schnell", "tiny", stack_dirs.checkpoints).path}
+    export_family("flux", checkpoint, onnx_dir, dtype="bfloat16", components=[VAE])
+    return onnx_dir

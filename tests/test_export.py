@@ -41,7 +41,15 @@ def test_manifest_records_source_versions_and_parity(flux_onnx_dir: Path, tiny_c
             assert entry["content_hash"] == folder_hash(tiny_checkpoint_dirs[key] / component.subfolder)
         assert entry["sha256"] == file_sha256(artifact)
         assert entry["bytes"] == artifact.stat().st_size > 0
-        assert entry["options"] == {"opset": 18, "dynamo": True, "optimize": False, "dtype": "float32"}
+        assert entry["options"] == {
+            "opset": 18,
+            "dynamo": True,
+            "optimize": False,
+            "dtype": "float32",
+            "cleanup": "tensorrt-parser",
+        }
+        # Constants folded for TensorRT's parser; nothing of the weights (the initializer names are the torch ones).
+        assert entry["cleanup"]["folded"] > 0
         assert entry["versions"]["exporter"] == str(EXPORTER_VERSION)
         assert {"torch", "onnx", "onnxscript", "onnxruntime", "diffusers", "transformers"} <= set(entry["versions"])
         assert entry["inputs"] == json.loads(json.dumps([asdict(s) for s in component.inputs]))

@@ -117,8 +117,10 @@ def test_qdq_graph_runs_in_onnxruntime_like_torch_fp8(
     with torch.no_grad():
         expected = emulated(*inputs).numpy()
     assert quantized.shape == fp32.shape == expected.shape
-    # Same FP8 values on both sides: only float32 accumulation order differs (measured 4.8e-7).
-    assert np.abs(quantized - expected).max() < 1e-5
+    # Same FP8 values on both sides, but for float noise before a Quantize: an element within noise of an FP8
+    # rounding boundary rounds the other way (measured 6.5e-5 after the TensorRT graph cleanup, 4.8e-7 before; one
+    # FP8 step of one element), far under the FP8 error itself (below: > 1.8e-3).
+    assert np.abs(quantized - expected).max() < 5e-4
     # Against FP32: an FP8-sized error, neither zero (Q/DQ inactive) nor wrong (measured 1.3e-2 at max |y| 1.8).
     relative = np.abs(quantized - fp32).max() / np.abs(fp32).max()
     assert 1e-3 < relative < 5e-2, relative

@@ -160,8 +160,12 @@ def test_tensorrt_components_get_their_plans_laid_out(stack_dirs, tmp_path: Path
     try:
         with pytest.raises(FileNotFoundError, match="no TensorRT plan"):
             build_repository(tmp_path / "repo", stack_dirs.onnx, sources, "gpu", ["flux"], plans_dir=plans)
+        # A plan built here by TensorRT for RTX is no plan for the serving TensorRT: still refused.
+        (plans / vae.triton_model / "1").mkdir(parents=True)
+        (plans / vae.triton_model / "1" / "model.sm89.trtrtx1.7.1.116.plan").write_bytes(b"rtx plan")
+        with pytest.raises(FileNotFoundError, match="no TensorRT plan named"):
+            build_repository(tmp_path / "repo", stack_dirs.onnx, sources, "gpu", ["flux"], plans_dir=plans)
         for name in config.PLAN_FILES.values():
-            (plans / vae.triton_model / "1").mkdir(parents=True, exist_ok=True)
             (plans / vae.triton_model / "1" / name).write_bytes(b"plan bytes")
         build_repository(tmp_path / "repo", stack_dirs.onnx, sources, "gpu", ["flux"], plans_dir=plans)
     finally:
@@ -170,3 +174,4 @@ def test_tensorrt_components_get_their_plans_laid_out(stack_dirs, tmp_path: Path
     assert 'platform: "tensorrt_plan"' in (model / "config.pbtxt").read_text()
     for name in config.PLAN_FILES.values():
         assert (model / "1" / name).read_bytes() == b"plan bytes"
+    assert not (model / "1" / "model.sm89.trtrtx1.7.1.116.plan").exists()
