@@ -123,7 +123,7 @@ def export_family(
 ) -> dict:
     """Export the stale components of `family` to `out_dir/<triton_model>/model.onnx` and record them in
     `out_dir/manifest.json`; with dtype "bfloat16", the BF16 graphs that TensorRT builds bf16 and fp8 plans from, to
-    `out_dir/bf16/` (manifest.graph_dir), for the components whose runtime is TensorRT (or those named).
+    `out_dir/bf16/` (manifest.graph_dir).
 
     `checkpoint_dirs` maps checkpoint keys to diffusers folders; `labels` says where each came from ("hub:id@rev",
     "local:path"; default the path); `loras`: registry LoRA key -> file, for components that merge one; `profile`:
@@ -135,7 +135,6 @@ def export_family(
     fam = FAMILIES[family]
     out_dir = mf.graph_dir(Path(out_dir), dtype)
     export_options = options(dtype)
-    wanted = _GRAPH_RUNTIMES if dtype == "float32" else {"tensorrt"}
     manifest = mf.load(out_dir)
     versions = mf.versions()
     last_run: dict[str, str] = {}
@@ -155,7 +154,7 @@ def export_family(
             last_run[name] = NOT_GIVEN
             continue
         runtimes = {r for p, r in component.backends if profile is None or p == profile}
-        if components is None and not runtimes & wanted:
+        if components is None and not runtimes & _GRAPH_RUNTIMES:
             _log(f"{name}: runs in torch on {'every' if profile is None else f'the {profile}'} profile, not exported")
             last_run[name] = TORCH_ONLY
             continue

@@ -116,7 +116,7 @@ def build(
         if plans:
             # bf16 and fp8 plans are built from BF16 graphs (export/tensorrt_build.py GRAPH_DTYPES).
             export_family(
-                family, served, dirs.onnx, force=force, labels=labels, loras=loras, profile=profile, dtype="bfloat16"
+                family, served, dirs.onnx, force=force, labels=labels, loras=loras, dtype="bfloat16", components=plans
             )
             before_engines()
             # Imported only here: TensorRT exists only where plans are built.
