@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel
+from diffusers import AutoencoderKL
+from transformers import CLIPTextModel
 
 from artifacts import file_sha256, folder_hash
 from export import EXPORTER_VERSION, ExportError, ParityError, export_family
@@ -81,22 +82,25 @@ def _perturb(model_cls: type, folder: Path) -> None:
     model.save_pretrained(folder)
 
 
-def test_an_updated_transformer_re_exports_only_itself(
+def test_an_updated_component_re_exports_only_itself(
     flux_onnx_dir: Path, tiny_checkpoint_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
+    """A new release of the CLIP text encoder (the cheapest component to export), in both checkpoints that share it."""
     dirs, out = _copy(tiny_checkpoint_dirs, flux_onnx_dir, tmp_path)
     # The copy is a new location with the same bytes: nothing is stale.
     assert set(export_family("flux", dirs, out)["last_run"].values()) == {"unchanged"}
     old = json.loads((out / "manifest.json").read_text())["models"]
-    _perturb(FluxTransformer2DModel, dirs["flux-dev"] / "transformer")
+    for folder in dirs.values():
+        _perturb(CLIPTextModel, folder / "text_encoder")
     mtimes = {n: (out / n / "model.onnx").stat().st_mtime_ns for n in NAMES}
     manifest = export_family("flux", dirs, out)
-    assert manifest["last_run"] == {**dict.fromkeys(NAMES, "unchanged"), "flux_dev_transformer": "exported"}
+    changed = "flux_text_encoder"
+    assert manifest["last_run"] == {**dict.fromkeys(NAMES, "unchanged"), changed: "exported"}
     for name in NAMES:
-        changed = name == "flux_dev_transformer"
-        assert ((out / name / "model.onnx").stat().st_mtime_ns != mtimes[name]) == changed, name
-        assert (manifest["models"][name]["content_hash"] != old[name]["content_hash"]) == changed, name
-    assert manifest["models"]["flux_dev_transformer"]["sha256"] != old["flux_dev_transformer"]["sha256"]
+        assert ((out / name / "model.onnx").stat().st_mtime_ns != mtimes[name]) == (name == changed), name
+        assert (manifest["models"][name]["content_hash"] != old[name]["content_hash"]) == (name == changed), name
+    assert manifest["models"][changed]["sha256"] != old[changed]["sha256"]
+    assert manifest["models"][changed]["version"] == old[changed]["version"] + 1  # a new Triton model version
     # The second run finds everything fresh again.
     assert set(export_family("flux", dirs, out)["last_run"].values()) == {"unchanged"}
 

@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import httpx
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -53,13 +52,13 @@ def _ready(triton: TritonServer, model: str, version: int) -> bool:
 CHANGED = "flux_text_encoder"
 
 
-def _perturb_text_encoder(checkpoint: Path) -> None:
+def _perturb_text_encoder(checkpoint: Path, seed: int) -> None:
     """What a model update looks like on disk: new weights in one subfolder (the CLIP text encoder's: the
     cheapest component to re-export, and its pooled output conditions every image)."""
     path = checkpoint / "text_encoder" / "model.safetensors"
     weights = load_file(path)
     name = "final_layer_norm.bias"
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     weights[name] = weights[name] + 0.5 * torch.randn_like(weights[name])
     path.unlink()  # a new inode: the served repository hard-links nothing from the checkpoint, but be explicit
     save_file(weights, path, metadata={"format": "pt"})
@@ -75,10 +74,34 @@ def _broken_version(repository: Path, model: str) -> int:
     return last + 1
 
 
-@pytest.mark.parametrize("loader", ["updater", "watcher"])
+class _Stream:
+    """Requests to /flux, one after another, from a thread, until stopped (bounded in count and time)."""
+
+    def __init__(self, url: str) -> None:
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url,))
+
+    def _run(self, url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as s:
+            t0 = time.monotonic()
+            while not self._stop.is_set() and len(self.statuses) < MAX_REQUESTS and time.monotonic() - t0 < MAX_SECONDS:
+                self.statuses.append(s.post("/flux", json=BODY).status_code)
+
+    def __enter__(self) -> _Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=MAX_SECONDS)
+
+
 def test_checkpoint_update_reloads_only_the_changed_component_without_losing_requests(
-    loader: str, stack_dirs, model_repository, tmp_path
+    stack_dirs, model_repository, tmp_path
 ) -> None:
+    """One running stack, two updates of the CLIP text encoder under a stream of requests: first loaded by the
+    updater, then by the watcher after a build elsewhere; then a broken build, which the watcher leaves unloaded."""
     # model_repository: the session's build, whose exported components this test starts from
     dirs = BuildDirs.under(tmp_path / "build")
     checkpoint = tmp_path / "flux-schnell"
@@ -87,71 +110,67 @@ def test_checkpoint_update_reloads_only_the_changed_component_without_losing_req
     shutil.copytree(stack_dirs.onnx, dirs.onnx, copy_function=_link_or_copy)
     label = f"local:{checkpoint.resolve()}"
     build_repository(dirs.repository, dirs.onnx, {"flux-schnell": CheckpointSource(checkpoint, label)}, "cpu", ["flux"])
-    old_version = _version(dirs.onnx, CHANGED)
+    first_version = _version(dirs.onnx, CHANGED)
     record = tmp_path / "build.json"  # what a build writes last
     refreshes: list[float] = []
+    paths = {"flux-schnell": checkpoint}
 
     triton = TritonServer(
         dirs.repository, dirs.backends, Ports(free_port(), free_port(), free_port()), tmp_path / "triton.log"
     ).start()
     try:
         triton.wait_ready(timeout_s=120)
-        watcher = RepositoryWatcher(triton, triton.served_models(), refresh=lambda: refreshes.append(1), marker=record)
         with running_api(triton.grpc_url, RYLA_GROUPS="flux") as url, httpx.Client(base_url=url, timeout=60) as c:
-            before = c.post("/flux", json=BODY)
-            assert before.status_code == 200, before.text
-            statuses: list[int] = []
-            stop = threading.Event()
-
-            def stream() -> None:
-                with httpx.Client(base_url=url, timeout=60) as s:
-                    t0 = time.monotonic()
-                    while not stop.is_set() and len(statuses) < MAX_REQUESTS and time.monotonic() - t0 < MAX_SECONDS:
-                        statuses.append(s.post("/flux", json=BODY).status_code)
-
-            thread = threading.Thread(target=stream)
-            thread.start()
-            try:
-                _perturb_text_encoder(checkpoint)
-                if loader == "updater":
-                    update = update_family("flux", dirs, triton, checkpoint_paths={"flux-schnell": checkpoint})
-                    exported, reloaded = update.exported, update.reloaded
-                else:
-                    rebuild = rebuild_family("flux", dirs, checkpoint_paths={"flux-schnell": checkpoint})
-                    exported = rebuild.exported
-                    # The repository changed but the build has not written its record: a build in progress.
-                    assert watcher.stale() == [CHANGED]
-                    assert watcher.poll() == []
-                    record.write_text(json.dumps({"built_at": time.time()}))
-                    reloaded = watcher.poll()
-                    assert watcher.poll() == [] and len(refreshes) == 3  # loaded once; refreshed at every poll
-                served_during_update = len(statuses)
+            images = [c.post("/flux", json=BODY)]
+            assert images[0].status_code == 200, images[0].text
+            # 1. The local stack's updater rebuilds and loads.
+            with _Stream(url) as stream:
+                _perturb_text_encoder(checkpoint, seed=0)
+                update = update_family("flux", dirs, triton, checkpoint_paths=paths)
+                assert (update.exported, update.reloaded) == ([CHANGED], [CHANGED])
+                during = len(stream.statuses)
                 time.sleep(1.0)  # requests keep flowing after the switch too
-            finally:
-                stop.set()
-                thread.join(timeout=MAX_SECONDS)
-            after = c.post("/flux", json=BODY)
-            if loader == "watcher":
-                # A build that left a broken version: the load fails, the version that served keeps serving, and the
-                # next poll tries again (the watcher does not mark it loaded).
-                _broken_version(dirs.repository, CHANGED)
-                record.write_text(json.dumps({"built_at": time.time() + 1}))
-                assert watcher.poll() == []
+            assert during >= 3 and len(stream.statuses) > during
+            assert stream.statuses.count(200) == len(stream.statuses), stream.statuses
+            images.append(c.post("/flux", json=BODY))
+
+            # A serving container's watcher, started against the repository as it is now.
+            watcher = RepositoryWatcher(
+                triton, triton.served_models(), refresh=lambda: refreshes.append(1), marker=record
+            )
+            assert watcher.stale() == []
+
+            # 2. A build elsewhere; the watcher loads it once the build's record is written.
+            with _Stream(url) as stream:
+                _perturb_text_encoder(checkpoint, seed=1)
+                assert rebuild_family("flux", dirs, checkpoint_paths=paths).exported == [CHANGED]
+                # The repository changed but the build has not written its record: a build in progress.
                 assert watcher.stale() == [CHANGED]
-                still = c.post("/flux", json=BODY)
-                assert still.status_code == 200 and still.content == after.content
+                assert watcher.poll() == []
+                record.write_text(json.dumps({"built_at": time.time()}))
+                assert watcher.poll() == [CHANGED]
+                assert watcher.poll() == [] and len(refreshes) == 3  # loaded once; refreshed at every poll
+                during = len(stream.statuses)
+                time.sleep(1.0)
+            assert during >= 3 and len(stream.statuses) > during
+            assert stream.statuses.count(200) == len(stream.statuses), stream.statuses
+            images.append(c.post("/flux", json=BODY))
+
+            # 3. A build that left a broken version: the load fails, the version that served keeps serving, and the
+            # next poll tries again (the watcher does not mark it loaded).
+            _broken_version(dirs.repository, CHANGED)
+            record.write_text(json.dumps({"built_at": time.time() + 1}))
+            assert watcher.poll() == []
+            assert watcher.stale() == [CHANGED]
+            still = c.post("/flux", json=BODY)
+            assert still.status_code == 200 and still.content == images[-1].content
     finally:
         triton.stop()
 
-    # Exactly the changed component was rebuilt and reloaded; nothing else was touched.
-    assert exported == [CHANGED]
-    assert reloaded == [CHANGED]
-    assert _version(dirs.onnx, CHANGED) == old_version + 1
-    # No request lost while Triton loaded the new version beside the old one.
-    assert served_during_update >= 3 and len(statuses) > served_during_update
-    assert statuses.count(200) == len(statuses), statuses
-    # And the new weights serve: same request, other image.
-    assert after.status_code == 200 and after.content != before.content
+    assert _version(dirs.onnx, CHANGED) == first_version + 2
+    # Each update's new weights serve: same request, another image each time.
+    assert all(r.status_code == 200 for r in images)
+    assert len({r.content for r in images}) == 3
 
 
 def test_nothing_changed_reloads_nothing(stack_dirs, model_repository, tmp_path) -> None:
