@@ -46,11 +46,13 @@ def train_qwen2_tokenizer(
     template_weight: int = 50,
     model_max_length: int = 131072,
     chat_template: str | None = None,
+    other_added_tokens: Sequence[str] = QWEN2_OTHER_ADDED_TOKENS,
 ) -> Path:
     """Qwen2's byte-level BPE (its regex pre-tokenizer, NFC, no end-of-word marker) trained on the corpus plus
     `templates`, saved through transformers' Qwen2Tokenizer (tokenizer.json, tokenizer_config.json) with the
     vocab.json / merges.txt of the real repos.
 
+    `other_added_tokens`: the added tokens that are not special (Qwen3 adds its thinking and tool-response tags).
     `templates` are prompt templates with Qwen2's special tokens in them (the diffusers pipelines' system prompts).
     Weighted `template_weight` times, their words are merged into single tokens, as the real 151k vocabulary has
     them, so a template prefix is as many tokens as the real tokenizer makes of it: the pipelines drop a fixed
@@ -62,7 +64,7 @@ def train_qwen2_tokenizer(
     from transformers import Qwen2Tokenizer
 
     probe = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[]).backend_tokenizer
-    added = (*QWEN2_SPECIAL_TOKENS, *QWEN2_OTHER_ADDED_TOKENS)
+    added = (*QWEN2_SPECIAL_TOKENS, *other_added_tokens)
     split_added = re.compile("|".join(re.escape(t) for t in added))
 
     def count(lines: Sequence[str], weight: int, words: Counter[str]) -> None:
@@ -93,7 +95,7 @@ def train_qwen2_tokenizer(
         split_special_tokens=False,
         chat_template=chat_template,
     )
-    tokenizer.add_tokens(list(QWEN2_OTHER_ADDED_TOKENS))  # added but not special, as in the real tokenizer
+    tokenizer.add_tokens(list(other_added_tokens))  # added but not special, as in the real tokenizer
     tokenizer.save_pretrained(out)
     # transformers 5 writes only tokenizer.json; the real layout also has these two.
     (out / "vocab.json").write_text(json.dumps({t: i for t, i in vocab.items() if t not in added}, ensure_ascii=False))

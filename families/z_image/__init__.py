@@ -1,0 +1,1 @@
+"""Z-Image (Tongyi-MAI/Z-Image-Turbo): not yet in families/FOLDERS; its tiny checkpoint comes first."""
