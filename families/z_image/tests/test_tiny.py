@@ -15,11 +15,9 @@ from artifacts import folder_hash
 from families.z_image import tiny
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("z-image-turbo")
-    tiny.build(out)
-    return out
+@pytest.fixture()
+def checkpoint(z_image_checkpoint: Path) -> Path:
+    return z_image_checkpoint
 
 
 def test_the_real_layout(checkpoint: Path) -> None:
