@@ -151,4 +151,7 @@ def _gradient_png(width: int, height: int) -> str:
 # own denoise test (tests/test_serving.py).
 SAMPLE_OVERRIDES = {
     "/qwen-image-edit-2511": {"denoise": 1.0, "cfg": 1.0, "reference_images": [_gradient_png(160, 224)]},
+    # Without CFG (its ~1 MP edit pipeline costs a minute on a CPU otherwise): the served CFG path is the edit
+    # route's too, which tests/test_serving.py::test_edit_denoise_starts_from_the_source runs with CFG.
+    "/qwen-image-inpaint-2511": {"cfg": 1.0},
 }
