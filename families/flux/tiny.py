@@ -45,10 +45,32 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
 }
 
 
+def vae() -> torch.nn.Module:
+    """FLUX's VAE, drawn from the current RNG state (callers seed). Four resolution levels like the real VAE, so
+    vae_scale_factor is 8 and image sizes behave as in production; 16 latent channels and the real scaling/shift,
+    so the transformer sees FLUX's 64 packed channels."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=256,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+
+
 def shared_modules(tokenizers_dir: Path) -> dict[str, Any]:
     """CLIP, T5, their tokenizers (trained into `tokenizers_dir`/tokenizer{,_2}) and the VAE, identical for both
     variants (as in the real repos)."""
-    from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(train_clip_tokenizer(tokenizers_dir / "tokenizer"))
@@ -89,29 +111,13 @@ def shared_modules(tokenizers_dir: Path) -> dict[str, Any]:
             decoder_start_token_id=0,
         )
     )
-    # Four resolution levels like the real VAE, so vae_scale_factor is 8 and image sizes behave as in production;
-    # 16 latent channels and the real scaling/shift, so the transformer sees FLUX's 64 packed channels.
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=256,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae_ = vae()  # from the RNG state the text encoders left: the bytes of the tiny checkpoints so far
     return {
         "text_encoder": text_encoder.eval(),
         "tokenizer": tokenizer,
         "text_encoder_2": text_encoder_2.eval(),
         "tokenizer_2": tokenizer_2,
-        "vae": vae.eval(),
+        "vae": vae_,
     }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from families.flux import tiny as flux_tiny
 from families.qwen_image.tokenizer import QWEN2_OTHER_ADDED_TOKENS, train_qwen2_tokenizer
 
 SEED = 20
@@ -85,25 +86,9 @@ def text_encoder(tok: Any) -> torch.nn.Module:
 
 
 def vae() -> torch.nn.Module:
-    """FLUX's VAE: 16 latent channels, four levels (vae_scale_factor 8), the real scaling and shift factors."""
-    from diffusers import AutoencoderKL
-
+    """FLUX's VAE (Z-Image ships it): 16 latent channels, four levels, the real scaling and shift factors."""
     torch.manual_seed(SEED + 1)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=256,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).eval()
+    return flux_tiny.vae()
 
 
 def transformer() -> torch.nn.Module:
