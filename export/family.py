@@ -129,7 +129,7 @@ def export_family(
     "local:path"; default the path); `loras`: registry LoRA key -> file, for components that merge one; `profile`:
     export only what that serving profile runs from a graph (None: what any profile does). A component none of
     whose checkpoints is given is left alone, as is one that runs in torch (on `profile`, or on every profile).
-    components: export only these (None: every component the rules above keep).
+    components: of those, only these (None: all).
     Returns the manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given" | "torch_only".
     """
     fam = FAMILIES[family]
@@ -154,7 +154,7 @@ def export_family(
             last_run[name] = NOT_GIVEN
             continue
         runtimes = {r for p, r in component.backends if profile is None or p == profile}
-        if components is None and not runtimes & _GRAPH_RUNTIMES:
+        if not runtimes & _GRAPH_RUNTIMES:
             _log(f"{name}: runs in torch on {'every' if profile is None else f'the {profile}'} profile, not exported")
             last_run[name] = TORCH_ONLY
             continue
