@@ -28,6 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from artifacts import file_sha256, write_atomic
+from model_repository.config import data_type
 from model_repository.plans import PLAN_VERSION, plan_filename
 from registry import FAMILIES, Component, Dim, Family
 
@@ -276,13 +277,6 @@ def refittable(component: Component, family: Family) -> bool:
     return component.merged_lora is not None or component.role in lora_roles
 
 
-def bf16_io_names(component: Component) -> tuple[str, ...]:
-    """The FP32 tensors that travel in BF16 between components on the GPU: model_repository/config.py declares
-    them TYPE_BF16 on the gpu profile (FP32 and not `exact`), so the plan's I/O must be BF16 too or Triton will
-    not load it. Mirrors that rule; change both together."""
-    return tuple(s.name for s in (*component.inputs, *component.outputs) if s.dtype == "FP32" and not s.exact)
-
-
 # ONNX element type names as Triton and the registry spell them.
 _TYPE_NAMES = {
     onnx.TensorProto.FLOAT: "FP32",
@@ -298,11 +292,11 @@ WEIGHT_TYPES = {"fp32": ("FP32",), "bf16": ("BF16",), "fp8": ("BF16", "FP32")}  
 
 
 def plan_io_types(component: Component, precision: str) -> dict[str, str]:
-    """The type of each plan input and output as Triton's GPU config declares it (model_repository/config.py): FP32
-    tensors that are not `exact` travel in BF16 when the component runs in BF16 or FP8 (bf16_io_names); an FP32 plan
+    """The type of each plan input and output as Triton's GPU config declares it (model_repository/config.py's
+    rule, for a component running in BF16 or FP8: FP32 tensors that are not `exact` travel in BF16); an FP32 plan
     keeps the registry's types."""
-    half = set(bf16_io_names(component)) if precision != "fp32" else set()
-    return {s.name: "BF16" if s.name in half else s.dtype for s in (*component.inputs, *component.outputs)}
+    half = precision != "fp32"
+    return {s.name: data_type(s, half).removeprefix("TYPE_") for s in (*component.inputs, *component.outputs)}
 
 
 def graph_types(onnx_path: Path) -> tuple[dict[str, str], dict[str, int]]:

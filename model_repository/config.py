@@ -18,7 +18,7 @@ PROFILES = ("cpu", "gpu")
 PLAN_FILES = cc_model_filenames(TENSORRT_VERSION, GPU_CAPABILITIES)
 
 
-def _data_type(spec: TensorSpec, half: bool = False) -> str:
+def data_type(spec: TensorSpec, half: bool = False) -> str:
     # The wire protocol says BYTES; model configs spell the same type TYPE_STRING.
     if spec.dtype == "BYTES":
         return "TYPE_STRING"
@@ -33,7 +33,7 @@ def _dims(spec: TensorSpec) -> str:
 def _tensors(kind: str, specs: Iterable[TensorSpec], half: bool = False) -> str:
     def row(s: TensorSpec) -> str:
         optional = " optional: true" if s.optional else ""
-        return f'  {{ name: "{s.name}" data_type: {_data_type(s, half)} dims: [ {_dims(s)} ]{optional} }}'
+        return f'  {{ name: "{s.name}" data_type: {data_type(s, half)} dims: [ {_dims(s)} ]{optional} }}'
 
     rows = [row(s) for s in specs]
     return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"

@@ -62,10 +62,10 @@ def test_unknown_profile_is_refused() -> None:
 
 def test_pipeline_config_carries_the_request_contract_and_sources() -> None:
     # BYTES specs would be TYPE_STRING in a config; the contract has none left (see registry), but the spelling holds.
-    from model_repository.config import _data_type
+    from model_repository.config import data_type
     from registry import TensorSpec
 
-    assert _data_type(TensorSpec("T", "BYTES", (1,))) == "TYPE_STRING"
+    assert data_type(TensorSpec("T", "BYTES", (1,))) == "TYPE_STRING"
     text = pipeline_config(FLUX, FLUX.pipelines[0], "cpu", {SOURCE_PARAMETER_PREFIX + "flux-dev": "hub:x@y"})
     assert 'name: "flux_pipeline"' in text
     assert 'name: "PROMPT" data_type: TYPE_UINT8 dims: [ -1 ]' in text  # text is UTF-8 bytes
