@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from . import errors
 from .auth import DOCUMENTED_SCHEMES, KeyChecker
-from .generate import generation_endpoint, openapi_of
+from .generate import generation_endpoint, openapi_of, openapi_of_unsupported, unsupported_endpoint
 from .middleware import GatewayMiddleware
 from .service import SERVICE_PATHS, build_service_router
 from .settings import Settings
@@ -24,8 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     state = ApiState(settings)
     keys = KeyChecker(settings.api_keys)
     generating = {r.path for r in state.routes}
-    protected = generating | {"/v1/models"}
-    known = generating | set(SERVICE_PATHS) | set(DOC_PATHS)
+    refused = {r.path for r in state.unsupported}
+    protected = generating | refused | {"/v1/models"}
+    known = generating | refused | set(SERVICE_PATHS) | set(DOC_PATHS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,6 +54,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             methods=["POST"],
             dependencies=DOCUMENTED_SCHEMES if keys.enabled else None,
             **openapi_of(route),
+        )
+    for refusal in state.unsupported:
+        app.add_api_route(
+            refusal.path,
+            unsupported_endpoint(refusal),
+            methods=["POST"],
+            status_code=501,
+            dependencies=DOCUMENTED_SCHEMES if keys.enabled else None,
+            **openapi_of_unsupported(refusal),
         )
     app.include_router(build_service_router(protect_models=keys.enabled))
     app.add_middleware(

@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from registry import Kind, Route, pipeline_model_of
+from registry import Kind, Route, UnsupportedRoute, pipeline_model_of
 from registry.tasks import MAX_SEED
 
 from .encoding import IMAGE_FORMATS, encode_image
@@ -203,4 +203,22 @@ def openapi_of(route: Route) -> dict[str, Any]:
             },
             **openapi_responses(401, 413, 422, 429, 500, 503, 504),
         },
+    }
+
+
+def unsupported_endpoint(route: UnsupportedRoute) -> Callable[[], Awaitable[Response]]:
+    """A route the product calls that this stack refuses: 501 for any body, which is never read."""
+
+    async def endpoint() -> Response:
+        raise ApiError(501, route.message)
+
+    return endpoint
+
+
+def openapi_of_unsupported(route: UnsupportedRoute) -> dict[str, Any]:
+    return {
+        "summary": route.summary,
+        "description": route.message,
+        "tags": [route.group],
+        "responses": {501: {**openapi_responses(501)[501], "description": route.message}, **openapi_responses(401)},
     }

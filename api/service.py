@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from registry import CHECKPOINTS, pipeline_model_of
+from registry import CHECKPOINTS, pipeline_model_of, sharing_model
 
 from .auth import DOCUMENTED_SCHEMES
 from .errors import envelope, openapi_responses
@@ -86,6 +86,8 @@ def build_service_router(protect_models: bool) -> APIRouter:
                     # What the loaded model says it serves; the registry's pinned source when it cannot say.
                     "model": served.get(ckpt.key) or f"hub:{ckpt.hub_id}@{ckpt.revision}",
                     "triton_model": pipeline,
+                    # Routes that are presets of one model: the same checkpoint behind the same pipeline model.
+                    "shares_model_with": sharing_model(route.path),
                     # A loaded pipeline that names its checkpoints must name this one to serve it.
                     "loaded": ready[pipeline] and (not served or ckpt.key in served),
                 }

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from registry import GROUPS, Route, routes_of
+from registry import GROUPS, Route, UnsupportedRoute, routes_of, unsupported_of
 
 from .gate import GroupGate
 from .metrics import Metrics
@@ -36,6 +36,11 @@ class ApiState:
     def routes(self) -> list[Route]:
         """The registry's routes of the groups this API serves."""
         return [r for g in self.settings.served_groups for r in routes_of(g)]
+
+    @property
+    def unsupported(self) -> list[UnsupportedRoute]:
+        """The registry's refused routes (501) of the groups this API serves."""
+        return [r for g in self.settings.served_groups for r in unsupported_of(g)]
 
     def backend(self) -> TritonBackend:
         # Made by the lifespan in the serving loop; made on first use where no lifespan ran (httpx ASGITransport).

@@ -18,6 +18,7 @@ from .onnx_export import PARITY_LIMIT, ExportError, check_parity, export_onnx, i
 
 # last_run values
 EXPORTED, UNCHANGED, NOT_GIVEN, TORCH_ONLY = "exported", "unchanged", "not_given", "torch_only"
+STALE = "stale"  # last_run of a dry run: would be exported
 _GRAPH_RUNTIMES = {"onnxruntime", "tensorrt"}  # the runtimes that need an exported graph
 
 
@@ -120,6 +121,7 @@ def export_family(
     profile: str | None = None,
     dtype: str = "float32",
     components: Sequence[str] | None = None,
+    dry_run: bool = False,
 ) -> dict:
     """Export the stale components of `family` to `out_dir/<triton_model>/model.onnx` and record them in
     `out_dir/manifest.json`; with dtype "bfloat16", the BF16 graphs that TensorRT builds bf16 and fp8 plans from, to
@@ -129,8 +131,9 @@ def export_family(
     "local:path"; default the path); `loras`: registry LoRA key -> file, for components that merge one; `profile`:
     export only what that serving profile runs from a graph (None: what any profile does). A component none of
     whose checkpoints is given is left alone, as is one that runs in torch (on `profile`, or on every profile).
-    components: of those, only these (None: all).
-    Returns the manifest plus `last_run`: triton model -> "exported" | "unchanged" | "not_given" | "torch_only".
+    components: of those, only these (None: all). dry_run: export nothing, only say what is stale.
+    Returns the manifest plus `last_run`: triton model -> "exported" (dry run: "stale") | "unchanged" | "not_given"
+    | "torch_only".
     """
     fam = FAMILIES[family]
     out_dir = mf.graph_dir(Path(out_dir), dtype)
@@ -173,6 +176,9 @@ def export_family(
             _log(f"{name}: unchanged, skipped")
             last_run[name] = UNCHANGED
             continue
+        if dry_run:
+            last_run[name] = STALE
+            continue
         first = present[0]
         _log(f"{name}: exporting {component.subfolder}/ of {first} ({component.exporter})")
         # Export into a fresh folder and swap it in, so a reader never sees a half-written or unchecked model.
@@ -182,7 +188,7 @@ def export_family(
             )
         files = mf.other_files(folder)
         size = (folder / "model.onnx").stat().st_size + sum(files.values())
-        manifest["models"][name] = {
+        exported = {
             "key": key,
             # Each export of a component is a new Triton model version (model_repository/layout.py).
             "version": int(entry.get("version", 1)) + 1 if entry else 1,
@@ -213,7 +219,7 @@ def export_family(
                 else {}
             ),
         }
-        mf.save(out_dir, manifest)
+        manifest = mf.record(out_dir, name, exported)
         if isinstance(fields["parity"], list):
             worst = max(e for row in fields["parity"] for e in row["max_abs_error"].values())
             checked = f"(+{fields['parity_s']:.1f}s parity), max |ORT-torch| {worst:.1e} at 2 shapes"

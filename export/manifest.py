@@ -3,8 +3,11 @@ re-exports exactly the components whose inputs changed."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -36,6 +39,28 @@ def load(out_dir: Path) -> dict:
 def save(out_dir: Path, manifest: dict) -> None:
     # Atomic: a crash never leaves half a manifest.
     write_atomic(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """One writer of the folder's manifest at a time, across processes (parallel exports of several families)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / f"{MANIFEST}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record(out_dir: Path, name: str, entry: dict) -> dict:
+    """Set one model's entry in the folder's manifest, keeping what other writers recorded meanwhile; returns the
+    manifest as saved."""
+    with _locked(out_dir):
+        manifest = load(out_dir)
+        manifest["models"][name] = entry
+        save(out_dir, manifest)
+    return manifest
 
 
 def is_fresh(entry: dict | None, key: str, artifact: Path) -> bool:

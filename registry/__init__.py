@@ -13,6 +13,7 @@ from .catalog import (
     LORAS,
     ROUTES,
     TENSORRT_VERSION,
+    UNSUPPORTED,
     checkpoints_of,
     component_of,
     family_of,
@@ -20,6 +21,8 @@ from .catalog import (
     pipeline_model_of,
     route,
     routes_of,
+    sharing_model,
+    unsupported_of,
 )
 from .contract import SOURCE_PARAMETER_PREFIX, invalid_request_message, parse_invalid_request
 from .spec import (
@@ -36,6 +39,7 @@ from .spec import (
     Route,
     Task,
     TensorSpec,
+    UnsupportedRoute,
 )
 from .tasks import TASKS, Field, FromRoute, Kind, Output, SampleMedia, TaskSpec
 
@@ -50,6 +54,7 @@ __all__ = [
     "SOURCE_PARAMETER_PREFIX",
     "TASKS",
     "TENSORRT_VERSION",
+    "UNSUPPORTED",
     "AppGroup",
     "Checkpoint",
     "Component",
@@ -69,6 +74,7 @@ __all__ = [
     "Task",
     "TaskSpec",
     "TensorSpec",
+    "UnsupportedRoute",
     "checkpoints_of",
     "component_of",
     "family_of",
@@ -78,7 +84,9 @@ __all__ = [
     "pipeline_model_of",
     "route",
     "routes_of",
+    "sharing_model",
     "task_of",
+    "unsupported_of",
 ]
 
 

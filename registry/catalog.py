@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from families import declarations
 
-from .spec import AppGroup, Checkpoint, Component, Family, Lora, Route
+from .spec import AppGroup, Checkpoint, Component, Family, Lora, Route, UnsupportedRoute
 
 T = TypeVar("T")
 _DECLARED = declarations()
@@ -32,6 +32,9 @@ CHECKPOINTS: dict[str, Checkpoint] = _collect(
 )
 LORAS: dict[str, Lora] = _collect("LoRA", ((lora.key, lora) for d in _DECLARED.values() for lora in d.loras))
 ROUTES: dict[str, Route] = _collect("route", ((r.path, r) for d in _DECLARED.values() for r in d.routes))
+UNSUPPORTED: dict[str, UnsupportedRoute] = _collect(
+    "route", ((r.path, r) for d in _DECLARED.values() for r in d.unsupported)
+)
 GROUPS: dict[str, AppGroup] = _collect("app group", ((g.name, g) for d in _DECLARED.values() for g in d.groups))
 
 # The TensorRT that builds and runs our plans (the one in triton_modal.py's NGC image) and the GPUs we build for
@@ -52,6 +55,9 @@ def _check() -> None:
         if r.checkpoint not in CHECKPOINTS or r.group not in GROUPS:
             raise ValueError(f"route {r.path}: unknown checkpoint {r.checkpoint!r} or group {r.group!r}")
         FAMILIES[CHECKPOINTS[r.checkpoint].family].pipeline_for(r.task)  # the family serves the route's task
+    for u in UNSUPPORTED.values():
+        if u.path in ROUTES or u.group not in GROUPS:
+            raise ValueError(f"unsupported route {u.path}: also a served route, or unknown group {u.group!r}")
     models = [c.triton_model for f in FAMILIES.values() for c in (*f.components, *f.pipelines)]
     twice = sorted({m for m in models if models.count(m) > 1})
     if twice:
@@ -80,6 +86,16 @@ def checkpoints_of(family: str) -> list[Checkpoint]:
 
 def routes_of(group: str) -> list[Route]:
     return [r for r in ROUTES.values() if r.group == group]
+
+
+def unsupported_of(group: str) -> list[UnsupportedRoute]:
+    return [u for u in UNSUPPORTED.values() if u.group == group]
+
+
+def sharing_model(path: str) -> list[str]:
+    """The other routes served by the same checkpoint (and pipeline model) as `path`."""
+    r = ROUTES[path]
+    return [o.path for o in ROUTES.values() if o.checkpoint == r.checkpoint and o.path != path]
 
 
 def component_of(triton_model: str) -> tuple[Family, Component]:

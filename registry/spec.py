@@ -213,6 +213,17 @@ class Route:
 
 
 @dataclass(frozen=True)
+class UnsupportedRoute:
+    """A path the product's client calls that this stack refuses: 501 `unsupported` for any body, before any
+    validation, with `message` saying why and where to go instead (api.md, "Errors")."""
+
+    path: str
+    group: str
+    summary: str
+    message: str
+
+
+@dataclass(frozen=True)
 class AppGroup:
     """A Modal container's worth of routes: one Triton + one api/ per group."""
 
@@ -233,3 +244,4 @@ class Declaration:
     routes: tuple[Route, ...]
     groups: tuple[AppGroup, ...] = ()
     loras: tuple[Lora, ...] = ()
+    unsupported: tuple[UnsupportedRoute, ...] = ()

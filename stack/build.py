@@ -9,14 +9,18 @@ decide.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from checkpoints.source import ResolvedCheckpoint, resolve, resolve_lora
 from export import EXPORTED, export_family
+from export.family import STALE
 from model_repository.layout import CheckpointSource, build_repository
 from registry import CHECKPOINTS, FAMILIES, family_of
 
@@ -57,6 +61,53 @@ class Build:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class ExportJob:
+    """One family's exports: its graph components (FP32), and the BF16 graphs its TensorRT plans are built from."""
+
+    family: str
+    served: dict[str, Path]  # checkpoint key -> folder
+    onnx: Path
+    force: bool
+    labels: dict[str, str]
+    loras: dict[str, Path]
+    profile: str
+    plans: list[str]  # components built as TensorRT plans on this profile
+
+    def _runs(self, **kw: object) -> list[dict]:
+        common = {"force": self.force, "labels": self.labels, "loras": self.loras, **kw}
+        runs = [export_family(self.family, self.served, self.onnx, profile=self.profile, **common)]
+        if self.plans:  # bf16 and fp8 plans are built from BF16 graphs (export/tensorrt_build.py GRAPH_DTYPES)
+            runs.append(
+                export_family(self.family, self.served, self.onnx, dtype="bfloat16", components=self.plans, **common)
+            )
+        return runs
+
+    def stale(self) -> bool:
+        """Whether anything of it would be exported (a check of hashes, in this process)."""
+        return any(state == STALE for run in self._runs(dry_run=True) for state in run["last_run"].values())
+
+    def __call__(self) -> list[str]:
+        """The components this run exported (FP32 graphs)."""
+        return sorted(name for name, state in self._runs()[0]["last_run"].items() if state == EXPORTED)
+
+
+def _run_exports(jobs: list[ExportJob], workers: int) -> list[list[str]]:
+    """Each family's exports, in `workers` processes at once where there are several (an export is mostly one
+    single-threaded trace; the manifest takes each component's record under a lock)."""
+    if workers > 1 and len(jobs) > 1:
+        jobs = [job for job in jobs if job.stale()]  # processes only for the families with work to do
+    if workers <= 1 or len(jobs) <= 1:
+        return [job() for job in jobs]
+    t0 = time.perf_counter()
+    # spawn: a forked torch process can hang in its thread pools.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        done = list(pool.map(ExportJob.__call__, jobs))
+    _log(f"exports of {len(jobs)} families in {min(workers, len(jobs))} processes: {time.perf_counter() - t0:.1f}s")
+    return done
+
+
 def _log(message: str) -> None:
     print(f"[build] {message}", flush=True)
 
@@ -76,6 +127,7 @@ def build(
     after_checkpoints: Callable[[], None] = _nothing,
     before_engines: Callable[[], None] = _nothing,
     after_engines: Callable[[], None] = _nothing,
+    export_jobs: int | None = None,
 ) -> Build:
     """Build the model repository that serves `checkpoints` (registry keys; default every checkpoint).
 
@@ -83,7 +135,8 @@ def build(
     (mode "local": an updated checkpoint). profile "cpu" exports the components ONNX Runtime runs; "gpu" exports
     and builds TensorRT plans for the components the registry runs as TensorRT there (torch components load their
     checkpoint folder). The callbacks run between the steps (Modal commits its Volumes there; the TensorRT version
-    check runs before any plan is built)."""
+    check runs before any plan is built). export_jobs: how many families export at once, each in its own process
+    (default: the cores, up to 4, for tiny checkpoints; otherwise one, as a full-size export takes tens of GB)."""
     t0 = time.perf_counter()
     paths = dict(paths or {})
     keys = list(checkpoints) if checkpoints is not None else list(CHECKPOINTS)
@@ -98,6 +151,8 @@ def build(
     after_checkpoints()
 
     out = Build(resolved, loras)
+    jobs = export_jobs if export_jobs is not None else (min(os.cpu_count() or 1, 4) if mode == "tiny" else 1)
+    work: dict[str, ExportJob] = {}
     for family in families:
         served = {k: r.path for k, r in resolved.items() if CHECKPOINTS[k].family == family}
         # The components serving these checkpoints that run from an exported graph on this profile.
@@ -109,25 +164,24 @@ def build(
         if not graphs:
             _log(f"{family}: every component runs in torch on the {profile} profile, nothing to export")
             continue
-        labels = {k: resolved[k].label for k in served}
-        manifest = export_family(family, served, dirs.onnx, force=force, labels=labels, loras=loras, profile=profile)
-        out.exported += sorted(name for name, state in manifest["last_run"].items() if state == EXPORTED)
         plans = [c.triton_model for c in graphs if c.backend(profile) == "tensorrt"]
-        if plans:
-            # bf16 and fp8 plans are built from BF16 graphs (export/tensorrt_build.py GRAPH_DTYPES).
-            export_family(
-                family, served, dirs.onnx, force=force, labels=labels, loras=loras, dtype="bfloat16", components=plans
-            )
-            before_engines()
-            # Imported only here: TensorRT exists only where plans are built.
-            from export.tensorrt_build import Fp8Inputs, build_family_engines
+        labels = {k: resolved[k].label for k in served}
+        work[family] = ExportJob(family, served, dirs.onnx, force, labels, loras, profile, plans)
+    for exported in _run_exports(list(work.values()), jobs):
+        out.exported += exported
+    for family, job in work.items():
+        if not job.plans:
+            continue
+        before_engines()
+        # Imported only here: TensorRT exists only where plans are built.
+        from export.tensorrt_build import Fp8Inputs, build_family_engines
 
-            t1 = time.perf_counter()
-            # An "fp8" component's plan comes from a Q/DQ graph calibrated by running its pipeline from these folders.
-            fp8 = Fp8Inputs(checkpoint_dirs=served, loras=loras)
-            out.engines[family] = build_family_engines(family, dirs.onnx, dirs.plans, components=plans, fp8=fp8)
-            after_engines()
-            _log(f"{family}: plans for {', '.join(plans)} in {time.perf_counter() - t1:.0f}s")
+        t1 = time.perf_counter()
+        # An "fp8" component's plan comes from a Q/DQ graph calibrated by running its pipeline from these folders.
+        fp8 = Fp8Inputs(checkpoint_dirs=job.served, loras=loras)
+        out.engines[family] = build_family_engines(family, dirs.onnx, dirs.plans, components=job.plans, fp8=fp8)
+        after_engines()
+        _log(f"{family}: plans for {', '.join(job.plans)} in {time.perf_counter() - t1:.0f}s")
 
     sources = {k: CheckpointSource(r.path, r.label) for k, r in resolved.items()}
     out.models = build_repository(

@@ -18,13 +18,14 @@ caption lengths differ, and one item needs no attention mask).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
+from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF, ZSingleStreamAttnProcessor
 
-from components.adapters import Wrapped
+from components.adapters import Adapter, Shape, Wrapped
 from families.qwen_image.rope import apply_rope_real
 
 PATCH, F_PATCH = 2, 1  # the only patch sizes of the released checkpoints
@@ -96,6 +97,7 @@ class ZImageCore(Wrapped):
     ) -> torch.Tensor:
         m = self.model
         adaln = m.t_embedder(timestep * m.t_scale).type_as(image_tokens)
+        image_pad, caption_pad = image_pad.bool(), caption_pad.bool()  # served as INT64 masks
         x = torch.where(image_pad.unsqueeze(-1), m.x_pad_token, m.all_x_embedder[KEY](image_tokens))
         for layer in m.noise_refiner:
             x = layer(x, None, image_rope, adaln)
@@ -137,3 +139,87 @@ def core_sample(model: torch.nn.Module, tokens: torch.Tensor, size: tuple) -> to
     unpatchify, which drops the padding tokens."""
     (sample,) = model.unpatchify([tokens[0]], [size], PATCH, F_PATCH)
     return sample
+
+
+class Qwen3Penultimate(Wrapped):
+    """Qwen3 -> the hidden states before its last layer, which ZImagePipeline reads as `hidden_states[-2]`: the last
+    layer and the final norm are dropped at load, so they are neither exported nor run."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model)
+        del model.layers[-1]
+        model.config.num_hidden_layers -= 1
+        model.norm = torch.nn.Identity()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def _qwen3(path: Path) -> torch.nn.Module:
+    from transformers import Qwen3Model
+
+    return Qwen3Penultimate(Qwen3Model.from_pretrained(path))
+
+
+def _qwen3_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    """Right-padded rows as the pipeline's tokenizer gives them: a prompt of varying length, then padding."""
+    c = module.model.config
+    batch, length = s["batch"], s["prompt_tokens"]
+    ids = torch.randint(0, c.vocab_size, (batch, length))
+    mask = torch.zeros(batch, length, dtype=torch.int64)
+    for row in range(batch):
+        mask[row, : length - 3 * row - 1] = 1
+    return ids.masked_fill(mask == 0, c.eos_token_id), mask
+
+
+def _z_image(path: Path) -> torch.nn.Module:
+    from diffusers import ZImageTransformer2DModel
+
+    return ZImageCore(ZImageTransformer2DModel.from_pretrained(path))
+
+
+CORE_INPUTS = ("image_tokens", "image_pad", "caption", "caption_pad", "timestep", "image_rope", "caption_rope")
+
+
+def _z_image_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    """One item as core_inputs makes it: a latent of the shape's size and a caption 5 tokens short of the shape's
+    padded length (so the caption's padding runs too)."""
+    c = module.model.config
+    latent = torch.randn(c.in_channels, 1, s["latent_height"], s["latent_width"])
+    caption = torch.randn(s["caption_tokens"] - 5, c.cap_feat_dim)
+    inputs = core_inputs(module.model, latent, caption, torch.rand(1))
+    got = (inputs["image_tokens"].shape[1], inputs["caption"].shape[1])
+    if got != (s["image_tokens"], s["caption_tokens"]):
+        raise ValueError(f"image/caption tokens {got} != the shape's {dict(s)}")
+    return tuple(inputs[name].to(torch.int64) if name.endswith("_pad") else inputs[name] for name in CORE_INPUTS)
+
+
+def z_image_shape(batch: int, height: int, width: int, prompt_tokens: int, caption_tokens: int) -> dict[str, int]:
+    """Every Z-Image symbolic dim for one request shape (VAE factor 8, 2x2 patches padded to a multiple of 32)."""
+    patches = (height // 16) * (width // 16)
+    return {
+        "batch": batch,
+        "prompt_tokens": prompt_tokens,
+        "caption_tokens": caption_tokens,
+        "image_tokens": patches + (-patches) % SEQ_MULTI_OF,
+        "latent_height": height // 8,
+        "latent_width": width // 8,
+        "height": height,
+        "width": width,
+    }
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "qwen3_text_encoder": Adapter(_qwen3, _qwen3_example),
+    "z_image_transformer": Adapter(_z_image, _z_image_example),
+}
+
+# Traced at batch 2 (torch.export would fix a size-1 dim), 256 image tokens and 64 caption tokens; checked again
+# at batch 1, 256x272 (272 patches, padded to 288) and a caption of one block, so parity proves both lengths and the
+# padding dynamic.
+PARITY_SHAPES: dict[str, tuple[Shape, Shape]] = {
+    "z-image": (
+        z_image_shape(batch=2, height=256, width=256, prompt_tokens=96, caption_tokens=64),
+        z_image_shape(batch=1, height=272, width=256, prompt_tokens=40, caption_tokens=32),
+    ),
+}

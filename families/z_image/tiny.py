@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,7 @@ def build(out: Path) -> None:
         pipe.save_pretrained(out)
         # save_pretrained rewrites the tokenizer as tokenizer.json only; the real layout also has these files.
         shutil.copytree(Path(tmp) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
+
+
+# Checkpoint.tiny -> its builder.
+BUILDERS: dict[str, Callable[[Path], None]] = {"z-image-turbo": build}

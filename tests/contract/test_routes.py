@@ -1,7 +1,8 @@
 """Every route through the whole stack (HTTP -> api/ -> a real Triton -> the components): its sample request at a
 few steps answers what plain diffusers makes of the same request on the same tiny checkpoint (the family folder's
 reference.py), the same bytes when asked again, other bytes for another seed, a 422 naming the field for text over
-the text encoder's token limit, and /v1/models names its loaded checkpoint."""
+the text encoder's token limit, and /v1/models names its loaded checkpoint. Every refused route (registry
+UnsupportedRoute) answers 501 with its message for any body, and says so in the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from api.samples import sample_body
 from families import hooks
-from registry import ROUTES, family_of, task_of
+from registry import ROUTES, UNSUPPORTED, family_of, task_of
 from tests.images import MAX_PIXEL_DIFF, decode, max_diff
 
 STEPS = 2
@@ -74,3 +75,19 @@ def test_models_name_every_loaded_checkpoint(client: httpx.Client) -> None:
     for path, route in ROUTES.items():
         assert rows[path]["loaded"] is True and rows[path]["checkpoint"] == route.checkpoint
         assert rows[path]["model"].startswith("local:")  # the tiny folder that serves it, as the model says
+
+
+# Bodies a refused route must not even look at: none, not JSON, JSON of the wrong type, a generating route's body.
+ANY_BODY = [b"", b"{not json", b"[1, 2]", b'{"prompt": "a portrait", "seed": -1, "unknown": true}']
+
+
+@pytest.mark.parametrize("path", list(UNSUPPORTED))
+def test_refused_routes_answer_501_for_any_body(client: httpx.Client, path: str) -> None:
+    for body in ANY_BODY:
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 501, (body, r.text)
+        error = r.json()["error"]
+        assert set(error) == {"code", "message"} and error["code"] == "unsupported"
+        assert error["message"].startswith(UNSUPPORTED[path].message)  # then the request id, as on every 5xx
+    documented = client.get("/openapi.json").json()["paths"][path]["post"]["responses"]
+    assert "501" in documented and "200" not in documented

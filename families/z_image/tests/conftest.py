@@ -4,12 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from families.z_image import tiny
+from checkpoints.source import resolve
 
 
 @pytest.fixture(scope="session")
-def z_image_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny Z-Image-Turbo, built once per run."""
-    out = tmp_path_factory.mktemp("z-image-turbo")
-    tiny.build(out)
-    return out
+def z_image_checkpoint(stack_dirs) -> Path:
+    """Tiny Z-Image-Turbo: the test stack's folder (built here if the stack has not built it yet)."""
+    return resolve("z-image-turbo", "tiny", stack_dirs.checkpoints).path

@@ -1,19 +1,16 @@
 """Z-Image's transformer without lists or complex numbers (families/z_image/adapters.py): in torch it computes what
-the stock forward computes; exported with dynamic image and caption lengths, ONNX Runtime matches the stock forward
-at two resolutions (one whose image tokens need padding) and two caption lengths, and TensorRT's parser and
-builder take the graph."""
+the stock forward computes; exported by the stack with dynamic image and caption lengths, ONNX Runtime matches the
+stock forward at two resolutions (one whose image tokens need padding) and two caption lengths. (TensorRT's parser
+and builder take it: tests/test_tensorrt_plans.py builds every exported component.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 import torch
 from diffusers import ZImageTransformer2DModel
 
-from export import graph_cleanup
 from families.z_image.adapters import ZImageCore, core_inputs, core_sample
 
 INPUTS = ("image_tokens", "image_pad", "caption", "caption_pad", "timestep", "image_rope", "caption_rope")
@@ -57,37 +54,9 @@ def test_core_computes_what_the_stock_forward_computes(model, latent_hw, caption
 
 
 @pytest.fixture(scope="module")
-def exported(model: ZImageTransformer2DModel, z_image_checkpoint: Path, tmp_path_factory) -> Path:
-    core = ZImageCore(ZImageTransformer2DModel.from_pretrained(z_image_checkpoint / "transformer")).eval()
-    inputs = core_inputs(model, *_item(model, LATENTS[0], CAPTIONS[1], seed=2))
-    image = 32 * torch.export.Dim("image_blocks", min=1, max=512)  # up to 16,384 image tokens (2048² at 16 px)
-    caption = 32 * torch.export.Dim("caption_blocks", min=1, max=16)  # up to 512 caption tokens
-    dynamic = {
-        "image_tokens": {1: image},
-        "image_pad": {1: image},
-        "caption": {1: caption},
-        "caption_pad": {1: caption},
-        "timestep": None,
-        "image_rope": {0: image},
-        "caption_rope": {0: caption},
-    }
-    path = tmp_path_factory.mktemp("z-image-onnx") / "model.onnx"
-    with torch.no_grad():
-        program = torch.onnx.export(
-            core,
-            tuple(inputs[name] for name in INPUTS),
-            input_names=list(INPUTS),
-            output_names=["sample"],
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            opset_version=18,
-            optimize=False,  # keeps the torch parameter names (LoRA refit)
-        )
-    program.save(str(path))
-    graph = onnx.load(str(path))
-    graph_cleanup.clean(graph)
-    onnx.save(graph, str(path))
-    return path
+def exported(model_repository: Path, stack_dirs) -> Path:
+    """The test stack's export of the transformer (export/family.py, with the registry's dynamic dims)."""
+    return stack_dirs.onnx / "z_image_transformer" / "model.onnx"
 
 
 @pytest.mark.parametrize(("latent_hw", "caption_tokens"), CASES)
@@ -98,39 +67,9 @@ def test_onnx_runtime_matches_the_stock_forward(model, exported: Path, latent_hw
     expected = _stock(model, latent, caption, t)
     inputs = core_inputs(model, latent, caption, t)
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    (tokens,) = session.run(None, {name: inputs[name].numpy() for name in INPUTS})
+    # served masks are INT64 (registry)
+    feeds = {name: (inputs[name].long() if name.endswith("_pad") else inputs[name]).numpy() for name in INPUTS}
+    (tokens,) = session.run(None, feeds)
     got = core_sample(model, torch.from_numpy(tokens), inputs["size"])
     assert got.shape == expected.shape
     assert float((got - expected).abs().max()) <= 1e-4
-
-
-def test_tensorrt_parses_and_builds_it(exported: Path, tmp_path: Path) -> None:
-    """TensorRT for RTX (the CPU install's builder) takes the exported graph with a min/opt/max profile over both
-    dynamic lengths."""
-    from export import tensorrt_build as tb
-    from export.tensorrt_flavours import load
-
-    graph = onnx.load(str(exported), load_external_data=False).graph
-    fixed = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
-
-    def shape(name: str, image: int, caption: int) -> tuple[int, ...]:
-        dims = fixed[name]
-        if name.startswith("image"):
-            return (1, image, *dims[2:]) if name != "image_rope" else (image, *dims[1:])
-        if name.startswith("caption"):
-            return (1, caption, *dims[2:]) if name != "caption_rope" else (caption, *dims[1:])
-        return tuple(dims)
-
-    profiles = {n: tuple(shape(n, i, c) for i, c in ((32, 32), (4096, 512), (16384, 512))) for n in INPUTS}
-    record = tb.build_engine(
-        exported,
-        tmp_path / "z_image.plan",
-        profiles,
-        precision="fp32",
-        timing_cache_path=tmp_path / "timing.cache",
-        compute_capability="8.9",
-        tensorrt=load("trtrtx"),
-        log=lambda _: None,
-    )
-    assert record["bytes"] > 0 and record["network"]["matrix_multiplies"] > 0
-    assert np.isfinite(record["seconds"])
