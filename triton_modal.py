@@ -735,12 +735,36 @@ def build_qwen_edit(force: bool = False, allow_unpinned: bool = False) -> dict[s
     return build_group("qwen-edit", force=force, allow_unpinned=allow_unpinned)
 
 
+@app.cls(**serving_options("z-image"))
+@modal.concurrent(**concurrency("z-image"))
+class ZImageServer(GroupServer):
+    """Triton + the API for the z-image group's routes."""
+
+    group = "z-image"
+
+    @modal.asgi_app(label=web_label("z-image"))
+    def web(self) -> FastAPI:
+        return self.web_app
+
+
+@app.function(**BUILD_OPTIONS)
+def build_z_image(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """Download, export, build engines and lay out the model repository of the z-image group."""
+    return build_group("z-image", force=force, allow_unpinned=allow_unpinned)
+
+
 # Group -> its serving class and build function, as the smoke test and the tests look them up.
-SERVING_CLASSES: dict[str, modal.Cls] = {"flux": FluxServer, "qwen-image": QwenImageServer, "qwen-edit": QwenEditServer}
+SERVING_CLASSES: dict[str, modal.Cls] = {
+    "flux": FluxServer,
+    "qwen-image": QwenImageServer,
+    "qwen-edit": QwenEditServer,
+    "z-image": ZImageServer,
+}
 BUILD_FUNCTIONS: dict[str, modal.Function] = {
     "flux": build_flux,
     "qwen-image": build_qwen_image,
     "qwen-edit": build_qwen_edit,
+    "z-image": build_z_image,
 }
 
 # ## Smoke test against the deployed endpoint

@@ -174,6 +174,7 @@ def test_models_lists_every_route_not_loaded(client: TestClient) -> None:
             "checkpoint": ckpt.key,
             "model": f"hub:{ckpt.hub_id}@{ckpt.revision}",  # Triton cannot say, so the registry's source
             "triton_model": pipeline_model_of(path),
+            "shares_model_with": [p for p, r in ROUTES.items() if r.checkpoint == route.checkpoint and p != path],
             "loaded": False,
         }
 

@@ -33,8 +33,8 @@ Z_IMAGE = Family(
     pipelines=(PipelineModel(Task.TEXT_TO_IMAGE, "ZImagePipeline", "z_image_pipeline"),),
     dims=(
         Dim("batch", 1, 1, 4),
-        # The pipeline pads every prompt (its chat template around it) to max_sequence_length.
-        Dim("prompt_tokens", 1, 512, 512),
+        # The templated prompt's real tokens (proxies.py drops the pipeline's padding to max_sequence_length).
+        Dim("prompt_tokens", 1, 128, 512),
         # The prompt's own tokens, padded by the model to a multiple of 32 (its SEQ_MULTI_OF).
         Dim("caption_tokens", 32, 128, 512),
         # (height/16) * (width/16) patches, padded to a multiple of 32.

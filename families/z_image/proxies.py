@@ -16,12 +16,24 @@ from .adapters import core_inputs, core_sample
 
 class PenultimateTextEncoderProxy(ComponentProxy):
     """Qwen3 as ZImagePipeline reads it: `text_encoder(...).hidden_states[-2]`, which the component answers as its
-    only output (the last layer's states are never computed, so `hidden_states[-1]` is None)."""
+    only output (the last layer's states are never computed, so `hidden_states[-1]` is None).
+
+    The pipeline pads every prompt to 512 tokens and keeps only the states of the real ones. Qwen3 is causal, so
+    with padding on the right a real token never sees a pad: the component runs on the real tokens only (the
+    longest row of the batch) and the pad positions come back as zeros, which the pipeline drops."""
 
     def forward(  # type: ignore[override]
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = True
     ) -> SimpleNamespace:
-        (penultimate,) = self.call({"input_ids": input_ids, "attention_mask": attention_mask})
+        mask = attention_mask.to(torch.int64)
+        length = mask.shape[1]
+        real = int(mask.sum(-1).max().clamp(min=1))
+        positions = torch.arange(length, device=mask.device)
+        if torch.equal(mask, (positions < mask.sum(-1, keepdim=True)).to(torch.int64)):  # right-padded
+            input_ids, mask = input_ids[:, :real], mask[:, :real]
+        (penultimate,) = self.call({"input_ids": input_ids, "attention_mask": mask})
+        if penultimate.shape[1] < length:
+            penultimate = torch.nn.functional.pad(penultimate, (0, 0, 0, length - penultimate.shape[1]))
         return SimpleNamespace(hidden_states=(penultimate, None))
 
 
