@@ -13,7 +13,9 @@ from model_repository.layout import CheckpointSource, build_repository
 from registry import ROUTES, family_of, pipeline_model_of, task_of
 from stack.triton_server import Ports, TritonServer
 
+from .metrics import cost_usd, psnr
 from .perf_analyzer import request_values
+from .report import Row
 from .triton_http import infer
 
 # The benchmark's prompt and seed, for the eager and the served image alike.
@@ -31,6 +33,30 @@ class Served:
     warm_ready_s: float  # a second tritonserver start, compile caches on disk: start -> models loaded
     warm_first_image_s: float  # ... -> first image
     seconds_at_steps: dict[int, float] = field(default_factory=dict)  # end to end at other step counts
+
+    def row(self, device: str, model: str, width: int, height: int, steps: int, eager_image: np.ndarray | None) -> Row:
+        """The benchmark table's row of this served run, its image held against the eager one where there is one."""
+        quality = psnr(self.image, eager_image) if eager_image is not None else float("nan")
+        nan = float("nan")
+        return Row(
+            device=device,
+            model=model,
+            variant="served_triton",
+            width=width,
+            height=height,
+            steps=steps,
+            step_ms=nan,
+            end_to_end_s=round(self.end_to_end_s, 3),
+            peak_memory_gb=round(self.gpu_memory_gb, 2),
+            mfu=nan,
+            cost_usd=round(cost_usd(self.end_to_end_s), 6),
+            psnr_vs_eager_db=round(quality, 2),
+            compile_s=nan,
+            ready_s=round(self.ready_s, 1),
+            first_image_s=round(self.first_image_s, 1),
+            warm_ready_s=round(self.warm_ready_s, 1),
+            warm_first_image_s=round(self.warm_first_image_s, 1),
+        )
 
 
 def _request(route: str, width: int, height: int, steps: int | None = None) -> dict:

@@ -28,7 +28,8 @@ from .spec import (
 )
 from .tasks import TASKS, Field, FromRoute, Kind, Output, SampleMedia, TaskSpec
 
-__all__ = [
+# The collected entries (catalog.py), loaded on first use (__getattr__).
+_CATALOG = (
     "CHECKPOINTS",
     "FAMILIES",
     "FOLDER_OF",
@@ -36,10 +37,23 @@ __all__ = [
     "GROUPS",
     "LORAS",
     "ROUTES",
-    "SOURCE_PARAMETER_PREFIX",
-    "TASKS",
     "TENSORRT_VERSION",
     "UNSUPPORTED",
+    "checkpoints_of",
+    "component_of",
+    "family_of",
+    "loras_of",
+    "pipeline_model_of",
+    "route",
+    "routes_of",
+    "sharing_model",
+    "unsupported_of",
+)
+
+__all__ = [
+    *_CATALOG,
+    "SOURCE_PARAMETER_PREFIX",
+    "TASKS",
     "AppGroup",
     "Checkpoint",
     "Component",
@@ -60,43 +74,10 @@ __all__ = [
     "TaskSpec",
     "TensorSpec",
     "UnsupportedRoute",
-    "checkpoints_of",
-    "component_of",
-    "family_of",
     "invalid_request_message",
-    "loras_of",
     "parse_invalid_request",
-    "pipeline_model_of",
-    "route",
-    "routes_of",
-    "sharing_model",
     "task_of",
-    "unsupported_of",
 ]
-
-
-_CATALOG = frozenset(
-    (
-        "CHECKPOINTS",
-        "FAMILIES",
-        "FOLDER_OF",
-        "GPU_CAPABILITIES",
-        "GROUPS",
-        "LORAS",
-        "ROUTES",
-        "TENSORRT_VERSION",
-        "UNSUPPORTED",
-        "checkpoints_of",
-        "component_of",
-        "family_of",
-        "loras_of",
-        "pipeline_model_of",
-        "route",
-        "routes_of",
-        "sharing_model",
-        "unsupported_of",
-    )
-)
 
 
 def __getattr__(name: str) -> Any:

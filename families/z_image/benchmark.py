@@ -253,25 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         log,
         restart=not args.no_restart,
     )
-    row = Row(
-        device=device,
-        model="z-image-turbo",
-        variant="served_triton",
-        width=args.width,
-        height=args.height,
-        steps=steps,
-        step_ms=float("nan"),
-        end_to_end_s=round(served.end_to_end_s, 3),
-        peak_memory_gb=round(served.gpu_memory_gb, 2),
-        mfu=float("nan"),
-        cost_usd=round(cost_usd(served.end_to_end_s), 6),
-        psnr_vs_eager_db=round(psnr(served.image, eager_image), 2) if eager_image is not None else float("nan"),
-        compile_s=float("nan"),
-        ready_s=round(served.ready_s, 1),
-        first_image_s=round(served.first_image_s, 1),
-        warm_ready_s=round(served.warm_ready_s, 1),
-        warm_first_image_s=round(served.warm_first_image_s, 1),
-    )
+    row = served.row(device, "z-image-turbo", args.width, args.height, steps, eager_image)
     log(json.dumps(asdict(row)))
     rows.append(row)
     write_outputs(rows, args.out, "z_image")
