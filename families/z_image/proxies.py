@@ -26,10 +26,10 @@ class PenultimateTextEncoderProxy(ComponentProxy):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = True
     ) -> SimpleNamespace:
         mask = attention_mask.to(torch.int64)
-        length = mask.shape[1]
-        real = int(mask.sum(-1).max().clamp(min=1))
+        length, counts = mask.shape[1], mask.sum(-1, keepdim=True)
+        real = int(counts.max().clamp(min=1))
         positions = torch.arange(length, device=mask.device)
-        if torch.equal(mask, (positions < mask.sum(-1, keepdim=True)).to(torch.int64)):  # right-padded
+        if torch.equal(mask, (positions < counts).to(torch.int64)):  # right-padded
             input_ids, mask = input_ids[:, :real], mask[:, :real]
         (penultimate,) = self.call({"input_ids": input_ids, "attention_mask": mask})
         if penultimate.shape[1] < length:
@@ -66,7 +66,6 @@ class ZImageTransformerProxy(ComponentProxy):
             # On the pipeline's device: on the GPU profile the host half stays on the GPU.
             named = core_inputs(self.model, latent.float(), caption.float(), timestep.reshape(1).float())
             size = named.pop("size")
-            named["image_pad"], named["caption_pad"] = named["image_pad"].long(), named["caption_pad"].long()
             (tokens,) = self.call(named)
             samples.append(core_sample(self.model, tokens.float().to(latent.device), size))
         return (samples,)
