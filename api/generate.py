@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from registry import Kind, Route, UnsupportedRoute, pipeline_model_of
 from registry.tasks import MAX_SEED
 
+from .cancellation import unless_client_leaves
 from .encoding import IMAGE_FORMATS, encode_image
 from .errors import ApiError, openapi_responses
 from .media import MediaLimits, check_same_size, decode_image_array
@@ -158,13 +159,19 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
         # Bad media is a 422/413 before the request takes a place in the queue; Pillow decodes off the event loop.
         media = await run_in_threadpool(decode_media, route, body)
         left_s = None if deadline_s is None else deadline_s - (time.perf_counter() - arrival)
-        async with state.gates[route.group].slot(max_wait_s=left_s) as queue_s:
-            if deadline_s is not None:
-                timeout_s = min(timeout_s, deadline_s - (time.perf_counter() - arrival))
-                if timeout_s <= 0:
-                    raise ApiError(504, "the answer deadline passed before the generation could start")
-            inputs = pipeline_inputs(route, body, seed, media)
-            result = await backend.infer(pipeline, body.task, inputs, timeout_s, request.state.request_id)
+
+        async def queue_and_generate() -> tuple[float, PipelineResult]:
+            async with state.gates[route.group].slot(max_wait_s=left_s) as queue_s:
+                limit_s = timeout_s
+                if deadline_s is not None:
+                    limit_s = min(timeout_s, deadline_s - (time.perf_counter() - arrival))
+                    if limit_s <= 0:
+                        raise ApiError(504, "the answer deadline passed before the generation could start")
+                inputs = pipeline_inputs(route, body, seed, media)
+                return queue_s, await backend.infer(pipeline, body.task, inputs, limit_s, request.state.request_id)
+
+        # A client that leaves gives up its place in the queue, or its generation within one step.
+        queue_s, result = await unless_client_leaves(request.receive, queue_and_generate())
         cold_start = state.claim_cold_start()
         t_encode = time.perf_counter()
         # Pillow holds the CPU for tens of milliseconds per image: off the event loop, so other requests move on.
@@ -201,7 +208,7 @@ def openapi_of(route: Route) -> dict[str, Any]:
                     name: {"description": text, "schema": {"type": "string"}} for name, text in RESPONSE_HEADERS.items()
                 },
             },
-            **openapi_responses(401, 413, 422, 429, 500, 503, 504),
+            **openapi_responses(400, 401, 408, 413, 422, 429, 500, 503, 504),
         },
     }
 

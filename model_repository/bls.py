@@ -6,8 +6,9 @@ profile as DLPack, so a latent never leaves the GPU between steps.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +16,15 @@ import torch
 
 class ComponentCallError(RuntimeError):
     pass
+
+
+class RequestCancelled(RuntimeError):
+    """The request was cancelled (its client went away, or its deadline passed): the pipeline stops before its
+    next component call, so the model is free within one denoising step."""
+
+
+def _never() -> bool:
+    return False
 
 
 class BlsClient:
@@ -26,6 +36,16 @@ class BlsClient:
         # RYLA_PROFILE_BLS=1: seconds per component model (calls, total), to find where served time goes.
         self.profile = profile
         self.timings: dict[str, list[float]] = {}
+        self._cancelled: Callable[[], bool] = _never
+
+    @contextlib.contextmanager
+    def serving(self, cancelled: Callable[[], bool]) -> Iterator[None]:
+        """Component calls made inside first ask `cancelled` (the Triton request's is_cancelled)."""
+        self._cancelled = cancelled
+        try:
+            yield
+        finally:
+            self._cancelled = _never
 
     def _tensor(self, name: str, value: torch.Tensor) -> object:
         if self.gpu:
@@ -38,6 +58,8 @@ class BlsClient:
         return torch.from_numpy(tensor.as_numpy().copy())
 
     def infer(self, model: str, inputs: Mapping[str, torch.Tensor], outputs: Sequence[str]) -> dict[str, torch.Tensor]:
+        if self._cancelled():
+            raise RequestCancelled(f"cancelled before calling {model}")
         pb = self._pb
         request = pb.InferenceRequest(
             model_name=model,

@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 from registry import SOURCE_PARAMETER_PREFIX, TASKS, Kind, Task, TaskSpec
 from registry.tasks import CHECKPOINT, MEDIA
 
-from .bls import BlsClient
+from .bls import BlsClient, RequestCancelled
 from .pipelines import InvalidRequest, PipelineRequest, Pipelines
 
 
@@ -69,7 +69,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                images, label, seconds = self.pipelines(_request(self.task, request))
+                if request.is_cancelled():  # cancelled while it waited in Triton's queue
+                    raise RequestCancelled("cancelled before it started")
+                with self.client.serving(request.is_cancelled):
+                    images, label, seconds = self.pipelines(_request(self.task, request))
                 if self.client.profile:
                     pb_utils.Logger.log_info(f"pipeline {seconds * 1000:.0f} ms; {self.client.take_timings()}")
                 outputs = {
@@ -86,6 +89,9 @@ class TritonPythonModel:
                         ]
                     )
                 )
+            except RequestCancelled as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
+                responses.append(pb_utils.InferenceResponse(error=error))
             except InvalidRequest as exc:
                 # The client's fault: Triton's INVALID_ARG code, the field in the message (registry/contract.py).
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -55,12 +56,27 @@ def _light_components(path: Path, exclude: set[str], accepted: set[str]) -> dict
     return components
 
 
+class _NoPromptEchoes(logging.Filter):
+    """diffusers logs the part of a prompt it truncates (CLIP's 77 tokens): users' text stays out of server logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "was truncated because" not in record.getMessage()
+
+
+_NO_PROMPT_ECHOES = _NoPromptEchoes()
+
+
 class InvalidRequest(ValueError):
     """A request the model cannot serve for a reason only the model knows; api/ answers 422 naming `field`."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(invalid_request_message(field, message))
         self.field = field
+
+
+class NonFiniteOutput(RuntimeError):
+    """The pipeline's pixels hold NaN or infinity: cast to uint8 they would answer a black or garbled image as if
+    it were a result, so the request fails instead (api/ answers 500 `internal`)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,8 @@ class Pipelines:
         own = hooks(family, "pipeline", "PIPELINES").get(self.spec.pipeline_class)
         self.call_hook = hooks(family, "pipeline", "CALL_HOOKS").get(self.spec.pipeline_class)
         pipeline_class = own or getattr(diffusers, self.spec.pipeline_class)
+        for cls in pipeline_class.__mro__:  # a family's own class logs through the stock one's module too
+            logging.getLogger(cls.__module__).addFilter(_NO_PROMPT_ECHOES)
         accepted = set(inspect.signature(pipeline_class.__init__).parameters)
         self.pipelines = {}
         for key, path in checkpoint_dirs.items():
@@ -170,6 +188,9 @@ class Pipelines:
         if refused:  # a task keyword this pipeline lacks must be adapted by the family's CALL_HOOKS
             raise TypeError(f"{type(pipe).__name__} takes no {refused}: add a call hook in the family's pipeline.py")
         result = pipe(generator=generator, **kwargs)
+        pixels = np.asarray(result.images, dtype=np.float32)
+        if not np.isfinite(pixels).all():
+            raise NonFiniteOutput(f"{type(pipe).__name__} made non-finite pixels")
         # The same rounding as diffusers' numpy_to_pil, so served bytes equal the pipeline's PIL images.
-        images = (np.asarray(result.images, dtype=np.float32) * 255).round().astype(np.uint8)
+        images = (pixels * 255).round().astype(np.uint8)
         return images, self.labels[request.checkpoint], time.perf_counter() - t0

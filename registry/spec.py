@@ -87,9 +87,10 @@ class Checkpoint:
         if self.guidance is Guidance.DISTILLED:
             # Guidance-distilled: cfg feeds the guidance embedding; one transformer pass per step, no negative prompt.
             return {"guidance_scale": cfg, "true_cfg_scale": 1.0}
-        if self.guidance is Guidance.NONE_OR_TRUE_CFG and cfg <= 1.0:
+        if cfg <= 1.0:
+            # No CFG runs at cfg <= 1; passing the negative prompt anyway only makes diffusers warn on every request.
             return {"true_cfg_scale": 1.0}
-        # True CFG against negative_prompt (empty when none was sent), two passes per step; none at cfg <= 1.
+        # True CFG against negative_prompt (empty when none was sent), two passes per step.
         return {"true_cfg_scale": cfg, "negative_prompt": negative_prompt}
 
 
@@ -182,6 +183,9 @@ class Limits:
     min_size: int = 256
     max_size: int = 2048
     size_multiple: int = 16
+    # The fewest steps the route's scheduler can run: a schedule stretched to a terminal sigma (Qwen-Image's
+    # shift_terminal) divides by zero at one step, so such routes start at two (tests/contract checks it).
+    min_steps: int = 1
     max_steps: int = 100
     max_prompt_chars: int = 4000
     max_num_images: int = 4

@@ -196,7 +196,7 @@ class TaskSpec:
         if size:
             values |= dict.fromkeys(self.size_fields, size)
         if steps is not None:
-            values["steps"] = max(1, min(steps, route.limits.max_steps))
+            values["steps"] = max(route.limits.min_steps, min(steps, route.limits.max_steps))
         if seed is not None:
             values["seed"] = seed
         return values
@@ -277,7 +277,7 @@ COMMON: tuple[Field, ...] = (
         Kind.INTEGER,
         "Denoising steps",
         default=FromRoute("steps"),
-        minimum=1,
+        minimum=FromRoute("limits.min_steps"),
         maximum=FromRoute("limits.max_steps"),
         tensor=TensorSpec("STEPS", "INT32", (1,)),
         keyword="num_inference_steps",
@@ -362,7 +362,9 @@ TASKS: dict[Task, TaskSpec] = {
                     max_length=FromRoute("limits.max_reference_images"),
                     keyword="image",
                 ),
-                _denoise("How much of the source to repaint"),
+                _denoise(
+                    "How much of the source to repaint: the last round(steps x denoise) of the steps run, at least one"
+                ),
             ),
             output=IMAGES,
             sample={"instruction": "make it night", "source_image": SampleMedia()},
@@ -381,7 +383,7 @@ TASKS: dict[Task, TaskSpec] = {
                     tensor=TensorSpec("MASK_IMAGE", "UINT8", (-1, -1)),
                     keyword="mask_image",
                 ),
-                _denoise("How much of the masked area to repaint"),
+                _denoise("How much of the masked area to repaint (diffusers' strength: at least one step runs)"),
             ),
             output=IMAGES,
             sample={"prompt": "a red fox", "source_image": SampleMedia(), "mask_image": SampleMedia()},

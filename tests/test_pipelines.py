@@ -13,11 +13,12 @@ from typing import Any
 
 import diffusers
 import numpy as np
+import pytest
 import torch
 
 import model_repository.pipelines as pipelines_module
 from components.adapters import adapter_of
-from model_repository.pipelines import PipelineRequest, Pipelines
+from model_repository.pipelines import NonFiniteOutput, PipelineRequest, Pipelines
 from perf.perf_analyzer import request_values
 from registry import ROUTES, component_of, family_of
 
@@ -91,3 +92,27 @@ def test_a_family_pipeline_class_is_built_and_called(monkeypatch, stack_dirs, mo
     assert len(called) == 1 and called[0]["num_inference_steps"] == 2
     assert {c.triton_model for c in family.components_for(route.checkpoint).values()} <= set(client.calls)
     assert np.array_equal(images, stock)  # the family's class over the same proxies: the stock result
+
+
+class NanTransformerClient(InProcessClient):
+    """A transformer that diverges: its every output is NaN (what a broken schedule or an FP8 overflow yields)."""
+
+    def infer(self, model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
+        out = super().infer(model, inputs, outputs)
+        if component_of(model)[1].role == "transformer":
+            out = {k: torch.full_like(v, float("nan")) for k, v in out.items()}
+        return out
+
+
+def test_non_finite_pixels_are_never_answered_as_an_image(stack_dirs, model_repository) -> None:
+    path = next(iter(ROUTES))
+    route = ROUTES[path]
+    family = family_of(route.checkpoint)
+    checkpoint_dir = stack_dirs.checkpoints / route.checkpoint
+    values = request_values(path, size=route.limits.min_size, steps=1, seed=11)
+    request = PipelineRequest(checkpoint=values.pop("CHECKPOINT"), tensors=values)
+    served = Pipelines(
+        family.name, {route.checkpoint: checkpoint_dir}, {route.checkpoint: "x"}, NanTransformerClient(checkpoint_dir)
+    )
+    with pytest.raises(NonFiniteOutput):  # cast to uint8 it would have been an all-black 200
+        served(request)

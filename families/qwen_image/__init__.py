@@ -13,6 +13,7 @@ from registry.spec import (
     Dim,
     Family,
     Guidance,
+    Limits,
     Lora,
     PipelineModel,
     Route,
@@ -174,6 +175,9 @@ QWEN_EDIT = Family(
 )
 
 # Qwen-Image-Lightning's sampler: exponential time shift fixed at log(3) (its README's scheduler config).
+# Qwen-Image's scheduler stretches its schedule to shift_terminal, which divides by zero at one step.
+LIMITS = Limits(min_steps=2)
+
 LIGHTNING_SCHEDULER: tuple[tuple[str, object], ...] = (
     ("base_shift", 1.0986122886681098),  # math.log(3)
     ("max_shift", 1.0986122886681098),
@@ -252,6 +256,7 @@ DECLARATION = Declaration(
             summary="Qwen-Image-2512: high-quality text to image",
             aspect_ratios=ASPECT_RATIOS,
             timeout_s=180.0,
+            limits=LIMITS,
         ),
         Route(
             path="/qwen-image-2512-fast",
@@ -265,6 +270,7 @@ DECLARATION = Declaration(
             summary="Qwen-Image-2512 + Lightning 4-step LoRA (merged): fast text to image",
             aspect_ratios=ASPECT_RATIOS,
             timeout_s=60.0,
+            limits=LIMITS,
         ),
         Route(
             path="/qwen-image-edit-2511",
@@ -278,6 +284,7 @@ DECLARATION = Declaration(
             summary="Qwen-Image-Edit-2511: edit source_image by instruction",
             denoise=0.8,
             timeout_s=180.0,
+            limits=LIMITS,
         ),
         Route(
             path="/qwen-image-inpaint-2511",
@@ -291,6 +298,7 @@ DECLARATION = Declaration(
             summary="Qwen-Image-Edit-2511: repaint the white area of mask_image",
             denoise=1.0,
             timeout_s=180.0,
+            limits=LIMITS,
         ),
     ),
 )

@@ -39,6 +39,7 @@ def test_served_equals_the_reference_and_repeats_its_bytes(client: httpx.Client,
     r = client.post(path, json=body)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png" and r.headers["x-seed"] == str(body["seed"])
+    assert r.headers["x-model"].split("+")[0] == f"local:{ROUTES[path].checkpoint}"  # its key, never a path
     served = decode(r.content)
     reference = hooks(_family(path), "reference", "REFERENCES")[path]
     (expected,) = reference(body, stack_dirs.checkpoints)
@@ -46,6 +47,21 @@ def test_served_equals_the_reference_and_repeats_its_bytes(client: httpx.Client,
     assert served.std() > 1.0  # a blank image would pass a loose diff against a broken reference
     again = client.post(path, json=body)
     assert again.status_code == 200 and again.content == r.content  # same inputs and seed: the same bytes
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_fewest_steps_and_the_least_denoise_give_an_image(client: httpx.Client, stack_dirs, path: str) -> None:
+    """min_steps (registry) runs, as plain diffusers does; an edit's smallest denoise still runs one step."""
+    route = ROUTES[path]
+    body = {**body_of(path), "steps": route.limits.min_steps}
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    (expected,) = hooks(_family(path), "reference", "REFERENCES")[path](body, stack_dirs.checkpoints)
+    assert max_diff(decode(r.content), expected) <= MAX_PIXEL_DIFF and decode(r.content).std() > 1.0
+    if any(f.name == "denoise" for f in task_of(route).fields_of(route)):
+        r = client.post(path, json={**body, "denoise": 0.01})
+        assert r.status_code == 200, r.text
+        assert decode(r.content).std() > 1.0  # not the black image of a NaN schedule
 
 
 @pytest.mark.parametrize("path", [p for p in PATHS if not task_of(ROUTES[p]).media])
@@ -74,7 +90,15 @@ def test_models_name_every_loaded_checkpoint(client: httpx.Client) -> None:
     assert set(rows) == set(ROUTES)
     for path, route in ROUTES.items():
         assert rows[path]["loaded"] is True and rows[path]["checkpoint"] == route.checkpoint
-        assert rows[path]["model"].startswith("local:")  # the tiny folder that serves it, as the model says
+        # The registry key of the tiny checkpoint that serves it, and of each LoRA merged into it: no server path.
+        merged = sorted(
+            {
+                c.merged_lora
+                for c in family_of(route.checkpoint).components_for(route.checkpoint).values()
+                if c.merged_lora
+            }
+        )
+        assert rows[path]["model"] == "+".join([f"local:{route.checkpoint}", *(f"local:{m}" for m in merged)])
 
 
 # Bodies a refused route must not even look at: none, not JSON, JSON of the wrong type, a generating route's body.

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
     QwenImageControlNetInpaintPipeline,
     QwenImageControlNetPipeline,
     QwenImageEditInpaintPipeline,
@@ -31,6 +32,7 @@ from checkpoints import build_tiny
 from checkpoints.tiny import STAMP
 from families.qwen_image import tiny as tiny_qwen
 from families.qwen_image.reference import processor_override
+from registry import CHECKPOINTS, ROUTES, family_of
 from tests.fixtures import TEST_CHECKPOINTS
 
 T2I, EDIT, LORA = "qwen-image-2512", "qwen-image-edit-2511", "qwen-image-lightning"
@@ -237,3 +239,24 @@ def _hashes(folder: Path) -> dict[str, str]:
         for f in sorted(folder.rglob("*"))
         if f.is_file() and f.name != STAMP
     }
+
+
+QWEN_ROUTES = [p for p, r in ROUTES.items() if family_of(r.checkpoint).name in ("qwen-image", "qwen-image-edit")]
+
+
+@pytest.mark.parametrize("path", QWEN_ROUTES)
+def test_min_steps_is_the_fewest_the_routes_scheduler_runs(path: str) -> None:
+    """The registry's min_steps against the checkpoint's own scheduler, set as the Qwen pipelines set it: one step
+    fewer gives a non-finite schedule (then an all-black image), min_steps a finite one."""
+    route = ROUTES[path]
+    checkpoint = CHECKPOINTS[route.checkpoint]
+    folder = build_tiny(checkpoint.tiny, TEST_CHECKPOINTS)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **dict(checkpoint.scheduler_overrides))
+
+    def finite(steps: int) -> bool:
+        scheduler.set_timesteps(sigmas=list(np.linspace(1.0, 1 / steps, steps)), mu=1.0)
+        return bool(torch.isfinite(scheduler.sigmas).all())
+
+    assert finite(route.limits.min_steps)
+    assert route.limits.min_steps == 1 or not finite(route.limits.min_steps - 1)
