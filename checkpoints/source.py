@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from registry import CHECKPOINTS, LORAS, Checkpoint, Lora
@@ -25,7 +26,9 @@ _HUB_PATTERNS = ["model_index.json", "*/*"]
 class ResolvedCheckpoint:
     key: str
     path: Path
-    label: str  # what served a request: "local:<abs path>" or "hub:<id>@<commit>"
+    # What served a request (api.md x-model): "hub:<id>@<commit>", or a local checkpoint by its registry key,
+    # "local:<key>": never a server path.
+    label: str
 
 
 class UnpinnedRevisionError(ValueError):
@@ -57,7 +60,7 @@ def resolve_lora(key: str, mode: str, root: Path = DEFAULT_ROOT) -> ResolvedLora
     lora = LORAS[key]
     if mode == "tiny":
         file = (build_tiny(lora.tiny, Path(root)) / lora.weight_name).resolve()
-        return ResolvedLora(key, file, f"local:{file}")
+        return ResolvedLora(key, file, f"local:{key}")
     if mode == "hub":
         check_pinned(lora)
         from huggingface_hub import hf_hub_download
@@ -80,12 +83,12 @@ def resolve(key: str, mode: str, root: Path = DEFAULT_ROOT, path: Path | None = 
     checkpoint = CHECKPOINTS[key]
     if mode == "tiny":
         folder = build_tiny(checkpoint.tiny, Path(root)).resolve()
-        return ResolvedCheckpoint(key, folder, f"local:{folder}")
+        return ResolvedCheckpoint(key, folder, f"local:{key}")
     if mode == "local":
         if path is None or not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"{key}: {path} is not a diffusers checkpoint folder (no model_index.json)")
         folder = Path(path).resolve()
-        return ResolvedCheckpoint(key, folder, f"local:{folder}")
+        return ResolvedCheckpoint(key, folder, f"local:{key}")
     if mode == "hub":
         check_pinned(checkpoint)
         from huggingface_hub import snapshot_download
@@ -101,3 +104,8 @@ def resolve(key: str, mode: str, root: Path = DEFAULT_ROOT, path: Path | None = 
         # The snapshot folder is named by the commit it holds: the label names what was served even when unpinned.
         return ResolvedCheckpoint(key, folder, f"hub:{checkpoint.hub_id}@{folder.name}")
     raise ValueError(f"unknown checkpoint mode {mode!r}; expected one of {MODES}")
+
+
+def with_merged(checkpoint: ResolvedCheckpoint, loras: Sequence[ResolvedLora]) -> ResolvedCheckpoint:
+    """A checkpoint served with LoRAs merged into its weights is labelled by them too: "<checkpoint>+<lora>"."""
+    return replace(checkpoint, label="+".join([checkpoint.label, *(lora.label for lora in loras)]))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checkpoints.source import ResolvedCheckpoint, resolve, resolve_lora
+from checkpoints.source import ResolvedCheckpoint, resolve, resolve_lora, with_merged
 from export import EXPORTED, export_family
 from export.family import STALE
 from model_repository.layout import CheckpointSource, build_repository
@@ -144,7 +144,13 @@ def build(
     resolved = {k: resolve(k, "local" if k in paths else mode, dirs.checkpoints, paths.get(k)) for k in keys}
     components = [c for f in families for c in FAMILIES[f].components if any(k in resolved for k in c.checkpoints)]
     merged = sorted({c.merged_lora for c in components if c.merged_lora})
-    loras = {key: resolve_lora(key, mode, dirs.checkpoints).file for key in merged}
+    resolved_loras = {key: resolve_lora(key, mode, dirs.checkpoints) for key in merged}
+    loras = {key: r.file for key, r in resolved_loras.items()}
+    # A checkpoint whose components merge a LoRA is served (and labelled) as base + LoRA.
+    resolved = {
+        k: with_merged(r, [resolved_loras[c.merged_lora] for c in components if c.merged_lora and k in c.checkpoints])
+        for k, r in resolved.items()
+    }
     for key, r in resolved.items():
         _log(f"checkpoint {key}: {r.label}")
     _log(f"{len(resolved)} checkpoints and {len(loras)} LoRAs ready in {time.perf_counter() - t0:.1f}s")

@@ -16,9 +16,9 @@ from registry import CHECKPOINTS
 def test_resolve_modes(tiny_checkpoint_dirs: dict[str, Path], tmp_path: Path) -> None:
     path = tiny_checkpoint_dirs["flux-dev"]
     tiny = resolve("flux-dev", "tiny", path.parent)
-    assert tiny.path == path and tiny.label == f"local:{path}"
+    assert tiny.path == path and tiny.label == "local:flux-dev"  # its registry key, never a server path
     local = resolve("flux-dev", "local", tmp_path, path=path)
-    assert local.path == path and local.label == f"local:{path}"
+    assert local.path == path and local.label == "local:flux-dev"
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         resolve("flux-dev", "local", tmp_path, path=tmp_path)
     with pytest.raises(ValueError, match="unknown checkpoint mode"):
@@ -43,5 +43,5 @@ def test_cli_reuses_built_checkpoints(tiny_checkpoint_dirs: dict[str, Path], cap
     root = tiny_checkpoint_dirs["flux-dev"].parent
     checkpoints_main(["--mode", "tiny", "--root", str(root)])
     out = capsys.readouterr().out
-    for key, path in tiny_checkpoint_dirs.items():
-        assert f"[checkpoints] {key}: local:{path}" in out
+    for key in tiny_checkpoint_dirs:
+        assert f"[checkpoints] {key}: local:{key}" in out

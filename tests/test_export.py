@@ -36,8 +36,8 @@ def test_manifest_records_source_versions_and_parity(flux_onnx_dir: Path, tiny_c
         artifact = flux_onnx_dir / component.triton_model / "model.onnx"
         assert entry["exporter"] == component.exporter and entry["role"] == component.role
         assert entry["checkpoints"] == list(component.checkpoints)
-        assert entry["label"] == f"local:{tiny_checkpoint_dirs[component.checkpoints[0]]}"
-        assert entry["labels"] == {k: f"local:{tiny_checkpoint_dirs[k]}" for k in component.checkpoints}
+        assert entry["label"] == f"local:{component.checkpoints[0]}"
+        assert entry["labels"] == {k: f"local:{k}" for k in component.checkpoints}
         for key in component.checkpoints:  # recomputed, not trusted
             assert entry["content_hash"] == folder_hash(tiny_checkpoint_dirs[key] / component.subfolder)
         assert entry["sha256"] == file_sha256(artifact)
