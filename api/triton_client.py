@@ -34,6 +34,7 @@ _CHANNEL_ARGS = [
 # loaded or still loading (NOT_FOUND: "unknown model ... has no available versions"), the server cancelling in-flight
 # work while it shuts down (CANCELLED).
 _UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED"}
+_QUEUE_FULL = "Exceeds maximum queue size"
 _UNAVAILABLE_TEXT = ("is not found", "no available versions", "is not ready", "failed to connect")
 
 
@@ -62,6 +63,8 @@ def map_triton_error(exc: InferenceServerException, retry_after_s: int, request_
     if invalid:
         field, why = invalid
         return ApiError(422, f"{field}: {why}", field=field)
+    if _QUEUE_FULL in message:  # the pipeline model's queue policy (model_repository/config.py: admission)
+        return ApiError(429, "the model's queue is full; retry later", headers=_retry(retry_after_s))
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return ApiError(504, "the generation ran past the route's time limit and was cancelled")
     if status in _UNAVAILABLE_STATUSES or any(marker in message for marker in _UNAVAILABLE_TEXT):
