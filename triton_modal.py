@@ -63,6 +63,7 @@ from registry import (
     routes_of,
 )
 from stack.repository_watch import RepositoryWatcher  # the standard library only, as triton_server
+from stack.supervise import Supervisor  # the standard library only too
 from stack.triton_server import TritonInstall, TritonServer
 
 if TYPE_CHECKING:
@@ -457,6 +458,7 @@ def triton_server(group: str) -> TritonServer:
         log_path=TRITON_LOG,
         load_models=group_plan(group).models,
         install=NgcTriton.in_image(),
+        dies_with_parent=False,
     )
 
 
@@ -578,6 +580,11 @@ class GroupServer:
             raise
         triton_ready_s = time.time() - t0
         _log(group, f"Triton ready with {', '.join(plan.models)}: {triton_ready_s:.1f}s after container start")
+        # A Triton that dies is started again in this container with the same command (ports, repository, the group's
+        # models) and waited for, as `make serve` does; the API answers 503 with Retry-After meanwhile.
+        self.supervisor = Supervisor(
+            "tritonserver", self.triton, ready=lambda: triton.is_ready(plan.models), log=lambda m: _log(group, m)
+        ).watch()
         # What Triton loaded is what the Volume held at start; a later build's record tells the watcher to load more.
         self.watcher = RepositoryWatcher(self.triton, plan.models, refresh=reload_served_volumes, marker=dirs.record)
 
@@ -626,6 +633,11 @@ class GroupServer:
         stop_watching = getattr(self, "_stop_watching", None)
         if stop_watching is not None:
             stop_watching.set()
+        # The supervisor first, so no restart races the stop; it stops Triton from its own thread, whose exit would
+        # SIGKILL a Triton it restarted (stack/supervise.py, dies_with_parent).
+        supervisor = getattr(self, "supervisor", None)
+        if supervisor is not None:
+            supervisor.stop()
         triton = getattr(self, "triton", None)
         if triton is not None:
             triton.stop()

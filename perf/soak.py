@@ -28,6 +28,7 @@ import httpx
 
 from api.samples import sample_body
 from registry import ROUTES
+from stack.supervise import port_holders
 
 
 @dataclass
@@ -121,36 +122,12 @@ async def run_load(
     return Soak(sorted(answers, key=lambda a: a.index), time.perf_counter() - t0, t0)
 
 
-def listening_pid(port: int) -> int | None:
-    """The pid of the process listening on 127.0.0.1:`port` (Linux /proc), None if none or not visible."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if not os.path.exists(table):
-            continue
-        for line in Path(table).read_text().splitlines()[1:]:
-            parts = line.split()
-            if int(parts[1].rsplit(":", 1)[1], 16) == port and parts[3] == "0A":  # 0A: LISTEN
-                inodes.add(parts[9])
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").rstrip("]") in inodes:
-                    return int(pid)
-            except OSError:
-                continue
-    return None
-
-
 async def kill_after(seconds: float, port: int, fault: asyncio.Future) -> None:
     await asyncio.sleep(seconds)
-    pid = listening_pid(port)
-    if pid is None:
-        raise RuntimeError(f"no process listens on port {port}: is tritonserver there?")
-    os.kill(pid, signal.SIGKILL)
+    holders = port_holders(port)
+    if not holders:
+        raise RuntimeError(f"no process of ours listens on port {port}: is tritonserver there?")
+    os.kill(holders[0].pid, signal.SIGKILL)
     fault.set_result(time.perf_counter())
 
 

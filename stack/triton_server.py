@@ -7,6 +7,7 @@ backend stub imports numpy (and our packages) from the environment it finds ther
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -15,11 +16,14 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .supervise import dies_with_parent, port_holders
 
 
 def pytriton_dir() -> Path:
@@ -108,6 +112,9 @@ class TritonServer:
     log_path: Path | None = None
     load_models: tuple[str, ...] = ("*",)
     install: TritonInstall = field(default_factory=TritonInstall.from_pytriton)
+    # Tie Triton to the thread that starts it (stack/supervise.py). Off on Modal: the container ends its processes,
+    # and Modal runs the serving class's hooks on threads it does not promise to keep alive.
+    dies_with_parent: bool = True
     process: subprocess.Popen | None = None
 
     @property
@@ -145,7 +152,10 @@ class TritonServer:
             env=self.install.env(self.backends_dir),
             stdout=out,
             stderr=subprocess.STDOUT,
+            # Its own process group, which its python-backend stubs join: `stop` can reach what a dead Triton left.
             start_new_session=True,
+            # A killed parent (`kill -9` of `make serve`) takes Triton with it instead of leaving it on its ports.
+            preexec_fn=dies_with_parent() if self.dies_with_parent else None,
         )
         return self
 
@@ -200,13 +210,29 @@ class TritonServer:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
             if self.is_ready(models):
+                self._require_own_port()
                 return time.monotonic() - t0
             self._raise_failed_loads(models)
             time.sleep(0.25)
         raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f}s; see {self.log_path}")
 
+    def _require_own_port(self) -> None:
+        """Ready, but answered by this process? Another server on the port (an orphan of a killed stack) would
+        answer ready while ours still loads its models, and ours would then fail to bind it."""
+        holders = port_holders(self.ports.http)
+        if self.process is None or not holders or self.process.pid in {h.pid for h in holders}:
+            return  # not ours to check (another user's listener is not visible), or ours
+        raise RuntimeError(
+            f"port {self.ports.http} answers ready, but it is held by {'; '.join(map(str, holders))}, not by this "
+            f"tritonserver (pid {self.process.pid})"
+        )
+
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """Stop Triton; once it has exited (killed, say), see that its python-backend stubs follow."""
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            reap_group_later(self.process.pid)
             return
         # SIGINT lets Triton unload models and stop their python stubs; the group kill is the fallback.
         self.process.send_signal(signal.SIGINT)
@@ -215,3 +241,45 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _reap_group(pgid: int, grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+_reaping: set[int] = set()
+_reaping_lock = threading.Lock()
+
+
+def reap_group_later(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGKILL, after `grace_s`, what is left of the process group of a tritonserver that exited (start_new_session
+    made its pid the group id, which the kernel does not hand out again while the group has members).
+
+    Its stubs watch their parent and exit by themselves within about two seconds, unlinking their shared-memory
+    regions in /dev/shm (which a SIGKILL would leak); the wait runs in a thread of its own, so a restart of Triton
+    does not wait for it."""
+    with _reaping_lock:
+        if pgid in _reaping or not _group_alive(pgid):
+            return
+        _reaping.add(pgid)
+
+    def reap() -> None:
+        try:
+            _reap_group(pgid, grace_s)
+        finally:
+            with _reaping_lock:
+                _reaping.discard(pgid)
+
+    threading.Thread(target=reap, name=f"reap-{pgid}", daemon=True).start()

@@ -55,6 +55,7 @@ def test_serve_answers_and_stops_on_ctrl_c(model_repository) -> None:
         out, _ = serve.communicate(timeout=120)
         assert serve.returncode == 0, out
         assert "[serve] stopped" in out
+        assert "[supervise]" not in out, out  # a stop is not a death: nothing was restarted
         for port in (api, http):
             try:
                 httpx.get(f"http://127.0.0.1:{port}/", timeout=1)

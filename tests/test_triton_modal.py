@@ -18,7 +18,7 @@ import modal
 import pytest
 
 import triton_modal
-from registry import GROUPS, ROUTES, pipeline_model_of, routes_of
+from registry import GROUPS, ROUTES, family_of, pipeline_model_of, routes_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GROUPS_WITH_ROUTES = sorted(g for g in GROUPS if routes_of(g))
@@ -319,3 +319,89 @@ def test_warm_up_bodies_are_valid_requests(path: str) -> None:
     route = ROUTES[path]
     warm = request_model(route).model_validate(sample_body(route, steps=triton_modal.WARMUP_STEPS))
     assert warm.steps == triton_modal.WARMUP_STEPS
+
+
+class _StandInTriton:
+    """What GroupServer.start needs of `triton_server(group)`, over a real process (`sleep`) it can lose."""
+
+    grpc_url = "127.0.0.1:9"
+
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> _StandInTriton:
+        self.process = subprocess.Popen(["sleep", "60"])
+        self.starts += 1
+        return self
+
+    def wait_ready(self, timeout_s: float, models: tuple[str, ...]) -> float:
+        return 0.0
+
+    def is_ready(self, models: tuple[str, ...] = ()) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def test_serving_class_supervises_triton_from_start_to_stop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """GroupServer.start watches the Triton it started and restarts it when it dies; stop ends the watch, then
+    Triton. Triton, the warm-up and the Volume commit are stand-ins: they need a GPU container and Modal."""
+    group = GROUPS_WITH_ROUTES[0]
+    triton = _StandInTriton(tmp_path / "model_repository")
+    monkeypatch.setenv("RYLA_API_KEYS", "k1")
+    monkeypatch.setattr(triton_modal, "triton_server", lambda g: triton)
+    monkeypatch.setattr(triton_modal.GroupDirs, "root", property(lambda self: tmp_path))
+    triton.repository.mkdir()
+
+    async def warm_up(group_: str, app_: object, api_key: str | None = None) -> list[triton_modal.WarmUp]:
+        return [triton_modal.WarmUp(r.path, 200, 0.0, time.time()) for r in routes_of(group_)]
+
+    monkeypatch.setattr(triton_modal, "warm_up", warm_up)
+    monkeypatch.setattr(triton_modal, "compile_cache_volume", type("Volume", (), {"commit": lambda self: None})())
+
+    class Server(triton_modal.GroupServer):
+        pass
+
+    Server.group = group
+    server = Server()
+    try:
+        server.start()
+        supervisor = server.supervisor
+        assert supervisor.target is triton and triton.starts == 1
+        first = triton.process
+        first.kill()
+        deadline = time.monotonic() + 10
+        while supervisor.ready_again < 1:
+            assert time.monotonic() < deadline, "the watcher did not restart Triton"
+            time.sleep(0.05)
+        assert triton.starts == 2 and triton.process is not first and triton.is_ready()
+        restarted = triton.process
+        server.stop()
+        assert supervisor._thread is not None and not supervisor._thread.is_alive()  # the watch has ended
+        assert restarted.poll() is not None and triton.starts == 2  # stopped, and not started again
+    finally:
+        server.stop()
+        if triton.process is not None and triton.process.poll() is None:
+            triton.process.kill()
+
+
+@pytest.mark.parametrize("group", GROUPS_WITH_ROUTES)
+def test_timeouts_nest_modal_over_the_api_over_triton(group: str) -> None:
+    """Each layer gives up before the one above it: Modal's request limit > the API's answer (its deadline, its
+    routes' limits, its body and header reads); Triton's queue timeout is no longer than the routes' limits (and the
+    API's gRPC deadline, which cancels the call, cuts it shorter still)."""
+    from api.settings import Settings
+    from model_repository.config import admission
+
+    modal_s = triton_modal.serving_options(group)["timeout"]
+    api_s = min(triton_modal.ANSWER_DEADLINE_S, max(r.timeout_s for r in routes_of(group)))
+    settings = Settings()
+    assert modal_s > api_s and modal_s > settings.body_timeout_s and modal_s > settings.header_timeout_s
+    for route in routes_of(group):
+        pipeline = family_of(route.checkpoint).pipeline_for(route.task)
+        assert admission(pipeline)[1] <= max(r.timeout_s for r in routes_of(group))
