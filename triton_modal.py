@@ -117,6 +117,7 @@ GPU_PYTHON_PACKAGES: tuple[str, ...] = (
     "prometheus-client>=0.20",
     "pillow>=10",
     "httpx>=0.27",
+    "fastapi-offline==1.7.7",
 )
 # The TensorRT Python API the engine builder uses must be the TensorRT that Triton's tensorrt backend runs: a plan
 # loads only in the version that built it. The build function checks the two agree before it builds anything.

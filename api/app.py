@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from email.message import Message
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 
 from . import errors
 from .auth import DOCUMENTED_SCHEMES, KeyChecker
+from .docs import ASSETS_URL, install_docs
 from .generate import generation_endpoint, openapi_of, openapi_of_unsupported, unsupported_endpoint
 from .middleware import GatewayMiddleware
 from .service import SERVICE_PATHS, build_service_router
@@ -16,6 +22,48 @@ from .settings import Settings
 from .state import ApiState
 
 DOC_PATHS = ("/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+
+
+def parse_json(body: bytes, content_type: str | None = None) -> Any:
+    """A JSON body as RFC 8259 has it: UTF-8 (a BOM tolerated) whatever a charset parameter says. Every failure is
+    a JSONDecodeError saying what is wrong, which FastAPI answers as a 422; any other exception would be its bare
+    400 "There was an error parsing the body"."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        header = Message()
+        header["content-type"] = content_type or ""
+        charset = header.get_param("charset")
+        note = f"; JSON is read as UTF-8, not as the {charset} the content-type names" if charset else ""
+        raise json.JSONDecodeError(f"not UTF-8: byte 0x{body[e.start]:02x} at offset {e.start}{note}", "", 0) from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError as e:  # the C scanner nests as deep as the interpreter's recursion limit
+        raise json.JSONDecodeError("arrays or objects nest deeper than the parser's limit", "", 0) from e
+    except ValueError as e:  # an integer over sys.get_int_max_str_digits()
+        limit = sys.get_int_max_str_digits()
+        raise json.JSONDecodeError(f"a number has more than {limit} digits, the parser's limit", "", 0) from e
+
+
+class _JsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body(), self.headers.get("content-type"))
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """A route whose JSON body goes through parse_json (FastAPI calls request.json())."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            return await handler(_JsonRequest(request.scope, request.receive))
+
+        return handle
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,9 +92,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # The product's client may POST JSON without a content-type; a body is still parsed only as JSON.
         strict_content_type=False,
+        # /flux/ is a 404 that names /flux (errors.py), not a 307 that few clients repeat a POST for.
+        redirect_slashes=False,
+        # Our own pages, whose assets are served here (docs.py), not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.router.route_class = JsonRoute
     app.state.api = state
     errors.install(app)
+    install_docs(app)
     for route in state.routes:
         app.add_api_route(
             route.path,
@@ -55,23 +110,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dependencies=DOCUMENTED_SCHEMES if keys.enabled else None,
             **openapi_of(route),
         )
+    # What the gateway (middleware.py) can answer on any route, before the route itself runs.
+    gateway = errors.openapi_responses(408, 413, 500)
     for refusal in state.unsupported:
+        doc = openapi_of_unsupported(refusal)
         app.add_api_route(
             refusal.path,
             unsupported_endpoint(refusal),
             methods=["POST"],
             status_code=501,
             dependencies=DOCUMENTED_SCHEMES if keys.enabled else None,
-            **openapi_of_unsupported(refusal),
+            **{**doc, "responses": {**gateway, **doc["responses"]}},
         )
-    app.include_router(build_service_router(protect_models=keys.enabled))
+    app.include_router(build_service_router(protect_models=keys.enabled), responses=gateway)
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        drain_bytes=settings.drain_bytes,
         keys=keys,
         protected=protected.__contains__,
         metrics=state.metrics,
         # Unknown paths share one label: a scanner cannot blow up the metrics' cardinality.
-        route_label=lambda path: path if path in known else "other",
+        route_label=lambda path: path if path in known else ASSETS_URL if path.startswith(ASSETS_URL) else "other",
     )
     return app

@@ -11,17 +11,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("api")
 
 # api.md, "Errors": the code is a function of the status.
 CODES = {
+    400: "bad_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
+    409: "not_ready",
     413: "payload_too_large",
     422: "invalid_request",
     429: "busy",
+    # nginx's "client closed request": never reaches the client (it left); metrics count the request as cancelled.
+    499: "cancelled",
     500: "internal",
     501: "unsupported",
     503: "backend_unavailable",
@@ -73,9 +79,8 @@ def _field_of(loc: tuple) -> str | None:
     """The request field a pydantic error points at: ("body", "width") -> "width", ("body", "reference_images", 1)
     -> "reference_images[1]"."""
     field = ""
-    for part in loc:
-        if part == "body":
-            continue
+    # Only the leading "body" is FastAPI's: a client's field may be called "body" too.
+    for part in loc[1:] if loc[:1] == ("body",) else loc:
         field += f"[{part}]" if isinstance(part, int) else f".{part}" if field else str(part)
     return field or None
 
@@ -83,7 +88,7 @@ def _field_of(loc: tuple) -> str | None:
 def _message(err: dict) -> str:
     field = _field_of(tuple(err.get("loc", ())))
     if err.get("type") == "extra_forbidden":
-        return f"unknown field {field!r}; this route does not take it"
+        return f"unknown field {field or ''!r}; this route does not take it"
     if err.get("type") == "json_invalid":
         return f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
     msg = err.get("msg", "invalid value")
@@ -98,6 +103,16 @@ def validation_error(errors: list[dict]) -> ApiError:
         return ApiError(422, "the body must be a JSON object (content-type: application/json)")
     field = None if first.get("type") == "json_invalid" else _field_of(loc)
     return ApiError(422, "; ".join(_message(e) for e in errors) or "invalid request", field)
+
+
+def _no_route(request: Request) -> str:
+    path = request.url.path
+    # No redirect for a trailing slash (redirect_slashes=False): a POST redirected by 307 reaches few clients intact.
+    bare = path.rstrip("/")
+    scope = {**request.scope, "path": bare}
+    if bare and bare != path and any(r.matches(scope)[0] is not Match.NONE for r in request.app.router.routes):
+        return f"no route {path}; did you mean {bare}?"
+    return f"no route {path}"
 
 
 def install(app: FastAPI) -> None:
@@ -117,7 +132,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return envelope(404, f"no route {request.url.path}")
+            return envelope(404, _no_route(request))
         if exc.status_code == 405:
             # Starlette's exception carries the Allow header; keep it.
             return envelope(405, f"{request.method} is not allowed on {request.url.path}", headers=exc.headers)

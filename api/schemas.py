@@ -73,7 +73,8 @@ def _annotation(f: TaskField, route: Route) -> Any:
     extra: list[Any] = []
     if f.kind is Kind.TEXT:
         base: Any = str
-        rules["min_length"] = 1
+        if not f.blank_is_none:  # a blank one is read as absent, so "" is valid: the schema must not say otherwise
+            rules["min_length"] = 1
         if f.max_length is not None:
             rules["max_length"] = resolve(f.max_length, route)
         if f.not_blank:

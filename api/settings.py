@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     # US$ per GPU-second; None takes PRICE_PER_SECOND[gpu_type] (0 for a GPU type the table does not know).
     price_per_second: float | None = Field(default=None, ge=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Seconds the whole body may take to arrive after the headers; then 408 and the connection is closed.
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    # Of a body over max_body_bytes, read and drop up to this many bytes before the 413, so that a client that writes
+    # its whole body before reading (urllib) reads the 413 instead of a reset; beyond it the 413 comes at once.
+    # None: 4 x max_body_bytes.
+    body_drain_bytes: int | None = Field(default=None, ge=0)
+    # Seconds a connection may take to send a request's headers, from its opening or its last answer (uvicorn has
+    # no such limit: a client that never finishes its headers would hold the connection forever).
+    header_timeout_s: float = Field(default=30.0, gt=0)
     # The app groups this API serves (one per Modal container); empty = every group of the registry.
     groups: CommaList = ()
     # Overrides every route's Route.timeout_s when set (tests, or an operator tightening limits).
@@ -62,6 +71,10 @@ class Settings(BaseSettings):
         if self.price_per_second is not None:
             return self.price_per_second
         return PRICE_PER_SECOND.get(self.gpu_type, 0.0)
+
+    @property
+    def drain_bytes(self) -> int:
+        return 4 * self.max_body_bytes if self.body_drain_bytes is None else self.body_drain_bytes
 
     def timeout_of(self, route_timeout_s: float) -> float:
         return self.generation_timeout_s or route_timeout_s

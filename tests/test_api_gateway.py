@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.errors import CODES
 from api.samples import sample_body
 from api.settings import PRICE_PER_SECOND, Settings
 from registry import CHECKPOINTS, GROUPS, ROUTES, pipeline_model_of, task_of
@@ -162,6 +163,25 @@ def test_openapi_names_every_route_with_its_schema(client: TestClient) -> None:
     assert "HTTPValidationError" not in schemas
 
 
+# Every status a generating route can answer: the gateway's (400 from uvicorn, 401, 408, 413), validation's (422),
+# the queue's (429) and the backend's (500, 503, 504). 405 for another method is left out.
+GENERATING_STATUSES = {200, 400, 401, 408, 413, 422, 429, 500, 503, 504}
+
+
+def test_openapi_documents_every_status_a_route_gives(client: TestClient) -> None:
+    spec = client.get("/openapi.json", headers=NO_AUTH).json()
+    for path in ROUTES:
+        responses = spec["paths"][path]["post"]["responses"]
+        assert set(responses) == {str(s) for s in GENERATING_STATUSES}, path
+        for status in GENERATING_STATUSES - {200}:
+            entry = responses[str(status)]
+            assert entry["description"] == CODES[status]
+            assert entry["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")
+    for path, operations in spec["paths"].items():  # what the gateway answers before any route runs
+        for operation in operations.values():
+            assert {"408", "413", "500"} <= set(operation["responses"]), path
+
+
 def test_models_lists_every_route_not_loaded(client: TestClient) -> None:
     body = client.get("/v1/models").json()
     rows = {row["path"]: row for row in body["data"]}
@@ -215,3 +235,22 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RYLA_GROUPS", "nope")
     with pytest.raises(ValueError, match="unknown app groups"):
         Settings()
+
+
+def test_body_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings()
+    assert s.body_timeout_s == 30 and s.header_timeout_s == 30 and s.drain_bytes == 4 * s.max_body_bytes
+    monkeypatch.setenv("RYLA_BODY_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("RYLA_BODY_DRAIN_BYTES", "0")
+    assert Settings().body_timeout_s == 2.5 and Settings().drain_bytes == 0
+    for bad in ("0", "-1"):
+        monkeypatch.setenv("RYLA_BODY_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="body_timeout_s"):
+            Settings()
+
+
+def test_without_draining_a_body_under_the_limit_is_still_read() -> None:
+    settings = Settings(triton_grpc_url=f"127.0.0.1:{free_port()}", max_body_bytes=64_000, body_drain_bytes=0)
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/flux", json={"prompt": "x" * 3_000}).status_code == 503
+        error_of(c.post("/flux", json={"prompt": "x" * 70_000}), 413, "payload_too_large")
