@@ -6,6 +6,7 @@ killed (the stack must answer 503 at once and 200 again by itself), or a client 
     python -m perf.soak --url http://127.0.0.1:8080 --clients 32 --requests 300 --out perf/results/cpu
     python -m perf.soak ... --honour-retry-after          # clients wait Retry-After on 429/503 and try again
     python -m perf.soak ... --kill-triton-after 3         # SIGKILL the tritonserver serving --triton-port
+    python -m perf.soak --walk-away /qwen-image-2512 /qwen-image-2512-fast   # cancellation: the next one's wait
 
 Writes <out>/soak_<name>.csv (one row per request) and <out>/soak_<name>.md (the summary), and a plot when
 matplotlib is installed. Start the stack first (`make serve GROUPS=flux`); the tiny stack is what `make test` runs.
@@ -19,6 +20,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,6 +53,7 @@ class Soak:
     answers: list[Answer]
     wall_s: float
     origin: float  # perf_counter() when the load began
+    attempts: list[tuple[float, float, int]] = field(default_factory=list)  # every try: (sent, answered, status)
     fault_at_s: float | None = None
     notes: dict[str, object] = field(default_factory=dict)
 
@@ -72,10 +75,15 @@ class Soak:
             "mean_attempts": round(statistics.mean(a.attempts for a in self.answers), 2) if self.answers else 0,
         }
         if self.fault_at_s is not None:
-            after = [a for a in self.answers if a.end_s >= self.fault_at_s]
-            first_503 = min((a.end_s for a in after if a.status == 503), default=None)
-            # Recovered: the first 200 to a request sent after the fault.
-            first_200 = min((a.end_s for a in after if a.status == 200 and a.start_s >= self.fault_at_s), default=None)
+            fault = self.fault_at_s
+            first_503 = min(
+                (end for sent, end, status in self.attempts if status == 503 and end >= fault), default=None
+            )
+            # Recovered: the first 200 to a try sent after the fault.
+            first_200 = min(
+                (end for sent, end, status in self.attempts if status == 200 and sent >= fault), default=None
+            )
+            out["tries_503"] = sum(1 for *_, status in self.attempts if status == 503)
             out["fault_at_s"] = round(self.fault_at_s, 3)
             out["first_503_after_fault_s"] = None if first_503 is None else round(first_503 - self.fault_at_s, 3)
             out["first_200_after_fault_s"] = None if first_200 is None else round(first_200 - self.fault_at_s, 3)
@@ -95,6 +103,7 @@ async def run_load(
     r = ROUTES[route]
     body = sample_body(r, steps=r.limits.min_steps, size=r.limits.min_size, seed=None)
     answers: list[Answer] = []
+    tries: list[tuple[float, float, int]] = []
     issued = 0
     t0 = time.perf_counter()
 
@@ -106,11 +115,13 @@ async def run_load(
             status, attempts, error = 0, 0, ""
             while attempts < max_attempts:
                 attempts += 1
+                sent = time.perf_counter() - t0
                 try:
                     resp = await http.post(route, json=body)
                     status, error = resp.status_code, ""
                 except httpx.HTTPError as exc:  # a timeout here is a hung request
                     status, error = 0, type(exc).__name__
+                tries.append((sent, time.perf_counter() - t0, status))
                 if not honour_retry_after or status not in (429, 503):
                     break
                 await asyncio.sleep(float(resp.headers.get("retry-after", "1")))
@@ -119,7 +130,7 @@ async def run_load(
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
-    return Soak(sorted(answers, key=lambda a: a.index), time.perf_counter() - t0, t0)
+    return Soak(sorted(answers, key=lambda a: a.index), time.perf_counter() - t0, t0, sorted(tries))
 
 
 async def kill_after(seconds: float, port: int, fault: asyncio.Future) -> None:
@@ -131,12 +142,48 @@ async def kill_after(seconds: float, port: int, fault: asyncio.Future) -> None:
     fault.set_result(time.perf_counter())
 
 
+def walk_away(url: str, slow: str, fast: str, slow_size: int, slow_steps: int, after_s: float) -> dict[str, float]:
+    """A client sends a long generation to `slow` and disconnects `after_s` into it; then a request to `fast` (the
+    same pipeline model) is timed, against the same request on an idle stack. Without cancellation it would wait
+    for the rest of the abandoned generation."""
+    host, port = url.removeprefix("http://").split(":")
+
+    def timed(route: str, steps: int, size: int) -> float:
+        r = ROUTES[route]
+        t0 = time.perf_counter()
+        resp = httpx.post(f"{url}{route}", json=sample_body(r, steps=steps, size=size, seed=1), timeout=600)
+        resp.raise_for_status()
+        return time.perf_counter() - t0
+
+    fast_route = ROUTES[fast]
+    fast_steps, fast_size = fast_route.limits.min_steps, fast_route.limits.min_size
+    alone = timed(fast, fast_steps, fast_size)
+    whole = timed(slow, slow_steps, slow_size)
+    payload = json.dumps(sample_body(ROUTES[slow], steps=slow_steps, size=slow_size, seed=2)).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        head = f"POST {slow} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        s.sendall(head.encode() + f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
+        time.sleep(after_s)
+    after = timed(fast, fast_steps, fast_size)
+    return {
+        "abandoned_generation_s": round(whole, 3),
+        "left_after_s": after_s,
+        "next_request_idle_s": round(alone, 3),
+        "next_request_after_walk_away_s": round(after, 3),
+        "remaining_without_cancellation_s": round(max(whole - after_s, 0.0), 3),
+    }
+
+
 def write(soak: Soak, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"soak_{name}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*asdict(soak.answers[0]), "latency_s"])
         writer.writeheader()
         writer.writerows({**asdict(a), "latency_s": round(a.latency_s, 4)} for a in soak.answers)
+    with (out / f"soak_{name}_tries.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sent_s", "answered_s", "status"])
+        writer.writerows((round(a, 4), round(b, 4), status) for a, b, status in soak.attempts)
     summary = soak.summary()
     (out / f"soak_{name}.md").write_text(
         f"# soak {name}\n\n| key | value |\n|---|---|\n"
@@ -151,13 +198,13 @@ def write(soak: Soak, out: Path, name: str) -> None:
         print("[soak] matplotlib missing: no plot", flush=True)
         return
     fig, ax = plt.subplots(figsize=(9, 4))
-    for status in sorted({a.status for a in soak.answers}):
-        points = [a for a in soak.answers if a.status == status]
-        ax.scatter([a.end_s for a in points], [a.latency_s for a in points], s=8, label=str(status))
+    for status in sorted({t[2] for t in soak.attempts}):  # every try, so the 429s and 503s a retry hid show too
+        tries = [t for t in soak.attempts if t[2] == status]
+        ax.scatter([t[1] for t in tries], [t[1] - t[0] for t in tries], s=6, label=str(status))
     if soak.fault_at_s is not None:
         ax.axvline(soak.fault_at_s, color="red", linestyle="--", label="tritonserver killed")
     ax.set_xlabel("seconds since the load began (answer time)")
-    ax.set_ylabel("latency s")
+    ax.set_ylabel("seconds per try")
     ax.legend(title="status")
     ax.set_title(f"soak {name}")
     fig.tight_layout()
@@ -187,6 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="a request without an answer by then is hung")
     parser.add_argument("--kill-triton-after", type=float, default=None, help="seconds into the load")
     parser.add_argument("--triton-port", type=int, default=8001, help="a port tritonserver listens on")
+    parser.add_argument(
+        "--walk-away",
+        nargs=2,
+        metavar=("SLOW", "FAST"),
+        help="instead of the load: a client leaves a long SLOW generation mid-way, then FAST is timed",
+    )
+    parser.add_argument("--walk-away-size", type=int, default=512)
+    parser.add_argument("--walk-away-steps", type=int, default=60)
+    parser.add_argument("--walk-away-after", type=float, default=1.0)
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=Path("perf/results/cpu"))
     args = parser.parse_args(argv)
@@ -203,6 +259,16 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     )
+    if args.walk_away:
+        slow, fast = args.walk_away
+        probe = walk_away(args.url, slow, fast, args.walk_away_size, args.walk_away_steps, args.walk_away_after)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "soak_walk_away.md").write_text(
+            f"# a client walks away from {slow} ({args.walk_away_size}², {args.walk_away_steps} steps); then {fast}\n\n"
+            "| key | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in probe.items())
+        )
+        print(json.dumps(probe, indent=1), flush=True)
+        return 0
     soak = asyncio.run(_main(args))
     write(soak, args.out, name)
     print(json.dumps(soak.summary(), indent=1), flush=True)
