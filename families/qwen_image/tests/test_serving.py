@@ -32,11 +32,13 @@ def test_fast_route_serves_the_merged_lora(client: httpx.Client) -> None:
     fast, base = client.post("/qwen-image-2512-fast", json=body), client.post("/qwen-image-2512", json=body)
     assert fast.status_code == base.status_code == 200
     assert max_diff(decode(fast.content), decode(base.content)) > 10
-    assert fast.headers["x-model"] == base.headers["x-model"]  # one checkpoint folder; the LoRA is in the engine
+    # One checkpoint folder; the fast one is served, and named, with the LoRA merged into its transformer.
+    assert base.headers["x-model"] == "local:qwen-image-2512"
+    assert fast.headers["x-model"] == "local:qwen-image-2512-fast+local:qwen-image-lightning"
 
 
 def test_aspect_ratio_preset_sets_the_size(client: httpx.Client) -> None:
-    r = client.post("/qwen-image-2512-fast", json={"prompt": PROMPT, "aspect_ratio": "16:9", "steps": 1})
+    r = client.post("/qwen-image-2512-fast", json={"prompt": PROMPT, "aspect_ratio": "16:9", "steps": 2})
     assert r.status_code == 200, r.text
     assert Image.open(io.BytesIO(r.content)).size == (1664, 928)
 
