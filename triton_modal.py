@@ -130,6 +130,7 @@ OUR_PACKAGES = (
     "artifacts",
     "checkpoints",
     "components",
+    "loras",
     "export",
     "model_repository",
     "api",

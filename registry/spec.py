@@ -159,6 +159,8 @@ class Family:
     dims: tuple[Dim, ...]  # the ranges of every symbolic dim its components use
     vae_scale: int = 8  # pixels per latent cell (the pipelines' vae_scale_factor)
     patch: int = 2  # latent cells per transformer token side (2x2 patches packed into one token)
+    # api.md `lora_id`: the store is searched for "<prefix>-character-{id}.safetensors" first, where a family has one.
+    lora_store_prefix: str | None = None
 
     @property
     def pipeline_class(self) -> str:

@@ -127,6 +127,7 @@ def _image_dims(min_size: int, opt_size: int, max_size: int, image_tokens_max: i
 T2I = ("qwen-image-2512", "qwen-image-2512-fast")
 QWEN_IMAGE = Family(
     name="qwen-image",
+    lora_store_prefix="qwen",
     prompt_tokenizer="tokenizer",
     pipelines=(PipelineModel(Task.TEXT_TO_IMAGE, "QwenImagePipeline", "qwen_image_pipeline"),),
     dims=(
@@ -152,6 +153,7 @@ QWEN_IMAGE = Family(
 EDIT = ("qwen-image-edit-2511",)
 QWEN_EDIT = Family(
     name="qwen-image-edit",
+    lora_store_prefix="qwen",
     prompt_tokenizer="tokenizer",
     pipelines=(
         PipelineModel(Task.EDIT, "QwenImageEditPlusPipeline", "qwen_edit_pipeline"),
