@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 Resolver = Callable[..., list[tuple]]
+AddressCheck = Callable[[str, str], object]  # (address, field) -> anything; raises UnsafeUrl when refused
 
 
 class UnsafeUrl(ValueError):
@@ -41,7 +42,9 @@ def check_address(address: str, field: str = "url") -> ipaddress.IPv4Address | i
     return ip
 
 
-def check_url(url: str, allowed_hosts: Iterable[str], field: str = "url") -> Target:
+def check_url(
+    url: str, allowed_hosts: Iterable[str], field: str = "url", check: AddressCheck = check_address
+) -> Target:
     """The https URL's host, port and path, if its host is allowed; an IP literal must be public too."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "https":
@@ -56,7 +59,7 @@ def check_url(url: str, allowed_hosts: Iterable[str], field: str = "url") -> Tar
         hint = "no LoRA hosts are configured" if not allowed else f"allowed: {', '.join(sorted(allowed))}"
         raise UnsafeUrl(field, f"{field}: host {host} is not on the LoRA host allowlist ({hint})")
     try:
-        check_address(host, field)
+        check(host, field)
     except ValueError as exc:
         if isinstance(exc, UnsafeUrl):
             raise
@@ -69,7 +72,9 @@ def check_url(url: str, allowed_hosts: Iterable[str], field: str = "url") -> Tar
     return Target(host, port, path)
 
 
-def resolve_public(target: Target, field: str = "url", resolver: Resolver = socket.getaddrinfo) -> list[str]:
+def resolve_public(
+    target: Target, field: str = "url", resolver: Resolver = socket.getaddrinfo, check: AddressCheck = check_address
+) -> list[str]:
     """Every address `target.host` resolves to, all of them public (one private answer refuses the URL: a name
     that resolves both ways could be answered privately at connect time)."""
     try:
@@ -80,5 +85,5 @@ def resolve_public(target: Target, field: str = "url", resolver: Resolver = sock
     if not addresses:
         raise UnsafeUrl(field, f"{field}: {target.host} does not resolve")
     for address in addresses:
-        check_address(address, field)
+        check(address, field)
     return addresses
