@@ -54,10 +54,11 @@ def test_the_fewest_steps_and_the_least_denoise_give_an_image(client: httpx.Clie
     """min_steps (registry) runs, as plain diffusers does; an edit's smallest denoise still runs one step."""
     route = ROUTES[path]
     body = {**body_of(path), "steps": route.limits.min_steps}
-    r = client.post(path, json=body)
-    assert r.status_code == 200, r.text
-    (expected,) = hooks(_family(path), "reference", "REFERENCES")[path](body, stack_dirs.checkpoints)
-    assert max_diff(decode(r.content), expected) <= MAX_PIXEL_DIFF and decode(r.content).std() > 1.0
+    if route.limits.min_steps != STEPS:  # at STEPS, test_served_equals_the_reference_... has run it already
+        r = client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        (expected,) = hooks(_family(path), "reference", "REFERENCES")[path](body, stack_dirs.checkpoints)
+        assert max_diff(decode(r.content), expected) <= MAX_PIXEL_DIFF and decode(r.content).std() > 1.0
     if any(f.name == "denoise" for f in task_of(route).fields_of(route)):
         r = client.post(path, json={**body, "denoise": 0.01})
         assert r.status_code == 200, r.text
