@@ -328,7 +328,8 @@ async def test_full_queue_is_429_busy(api: str) -> None:
         def post(prompt: str) -> asyncio.Task:
             return asyncio.ensure_future(c.post("/flux", json={"prompt": prompt, **SMALL}))
 
-        slow = [post("sleep:0.8") for _ in range(group.max_concurrency)]
+        # No slot may free before the extras arrive, even on 2 busy cores (0.8 s once did); within TIMEOUT_S.
+        slow = [post("sleep:1.6") for _ in range(group.max_concurrency)]
         await asyncio.sleep(0.3)  # the slow ones hold every slot
         queued = [post("a fox") for _ in range(group.max_queue)]
         await asyncio.sleep(0.3)  # the queue is full
