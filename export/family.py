@@ -56,7 +56,7 @@ def _dims_used(component: Component, family: Family) -> dict[str, dict[str, int]
     return {d.name: {"min": d.min, "opt": d.opt, "max": d.max} for d in family.dims if d.name in names}
 
 
-def _label(key: str, checkpoint_dirs: Mapping[str, Path], labels: Mapping[str, str] | None) -> str:
+def _label(key: str, labels: Mapping[str, str] | None) -> str:
     return (labels or {}).get(key, f"local:{key}")
 
 
@@ -197,8 +197,8 @@ def export_family(
             "exporter": component.exporter,
             "checkpoints": present,
             "exported_from": first,
-            "label": _label(first, checkpoint_dirs, labels),
-            "labels": {k: _label(k, checkpoint_dirs, labels) for k in present},
+            "label": _label(first, labels),
+            "labels": {k: _label(k, labels) for k in present},
             "subfolder": component.subfolder,
             "content_hash": content,
             "options": export_options,

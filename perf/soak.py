@@ -142,11 +142,20 @@ async def kill_after(seconds: float, port: int, fault: asyncio.Future) -> None:
     fault.set_result(time.perf_counter())
 
 
+def leave_mid_request(url: str, route: str, body: dict, after_s: float) -> None:
+    """POSTs `body` to `route` and closes the connection `after_s` later, before any answer: a client that left."""
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        head = f"POST {route} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        s.sendall(head.encode() + f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
+        time.sleep(after_s)
+
+
 def walk_away(url: str, slow: str, fast: str, slow_size: int, slow_steps: int, after_s: float) -> dict[str, float]:
     """A client sends a long generation to `slow` and disconnects `after_s` into it; then a request to `fast` (the
     same pipeline model) is timed, against the same request on an idle stack. Without cancellation it would wait
     for the rest of the abandoned generation."""
-    host, port = url.removeprefix("http://").split(":")
 
     def timed(route: str, steps: int, size: int) -> float:
         r = ROUTES[route]
@@ -159,11 +168,7 @@ def walk_away(url: str, slow: str, fast: str, slow_size: int, slow_steps: int, a
     fast_steps, fast_size = fast_route.limits.min_steps, fast_route.limits.min_size
     alone = timed(fast, fast_steps, fast_size)
     whole = timed(slow, slow_steps, slow_size)
-    payload = json.dumps(sample_body(ROUTES[slow], steps=slow_steps, size=slow_size, seed=2)).encode()
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        head = f"POST {slow} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-        s.sendall(head.encode() + f"content-length: {len(payload)}\r\n\r\n".encode() + payload)
-        time.sleep(after_s)
+    leave_mid_request(url, slow, sample_body(ROUTES[slow], steps=slow_steps, size=slow_size, seed=2), after_s)
     after = timed(fast, fast_steps, fast_size)
     return {
         "abandoned_generation_s": round(whole, 3),

@@ -43,6 +43,7 @@ _CATALOG = (
     "component_of",
     "family_of",
     "loras_of",
+    "merged_loras_of",
     "pipeline_model_of",
     "route",
     "routes_of",

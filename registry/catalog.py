@@ -112,6 +112,12 @@ def pipeline_model_of(path: str) -> str:
     return family_of(route.checkpoint).pipeline_for(route.task).triton_model
 
 
+def merged_loras_of(checkpoint: str) -> list[str]:
+    """The registry LoRAs merged at build time into the components serving `checkpoint` (its label names them)."""
+    components = family_of(checkpoint).components_for(checkpoint).values()
+    return sorted({c.merged_lora for c in components if c.merged_lora})
+
+
 def loras_of(family: str) -> list[str]:
     """The registry LoRAs merged into some component of `family` at build time."""
     return sorted({c.merged_lora for c in FAMILIES[family].components if c.merged_lora})

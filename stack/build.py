@@ -22,7 +22,7 @@ from checkpoints.source import ResolvedCheckpoint, resolve, resolve_lora, with_m
 from export import EXPORTED, export_family
 from export.family import STALE
 from model_repository.layout import CheckpointSource, build_repository
-from registry import CHECKPOINTS, FAMILIES, family_of
+from registry import CHECKPOINTS, FAMILIES, family_of, merged_loras_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,10 +147,7 @@ def build(
     resolved_loras = {key: resolve_lora(key, mode, dirs.checkpoints) for key in merged}
     loras = {key: r.file for key, r in resolved_loras.items()}
     # A checkpoint whose components merge a LoRA is served (and labelled) as base + LoRA.
-    resolved = {
-        k: with_merged(r, [resolved_loras[c.merged_lora] for c in components if c.merged_lora and k in c.checkpoints])
-        for k, r in resolved.items()
-    }
+    resolved = {k: with_merged(r, [resolved_loras[m] for m in merged_loras_of(k)]) for k, r in resolved.items()}
     for key, r in resolved.items():
         _log(f"checkpoint {key}: {r.label}")
     _log(f"{len(resolved)} checkpoints and {len(loras)} LoRAs ready in {time.perf_counter() - t0:.1f}s")

@@ -14,7 +14,7 @@ import pytest
 
 from api.samples import sample_body
 from families import hooks
-from registry import ROUTES, UNSUPPORTED, family_of, task_of
+from registry import ROUTES, UNSUPPORTED, family_of, merged_loras_of, task_of
 from tests.images import MAX_PIXEL_DIFF, decode, max_diff
 
 STEPS = 2
@@ -92,13 +92,7 @@ def test_models_name_every_loaded_checkpoint(client: httpx.Client) -> None:
     for path, route in ROUTES.items():
         assert rows[path]["loaded"] is True and rows[path]["checkpoint"] == route.checkpoint
         # The registry key of the tiny checkpoint that serves it, and of each LoRA merged into it: no server path.
-        merged = sorted(
-            {
-                c.merged_lora
-                for c in family_of(route.checkpoint).components_for(route.checkpoint).values()
-                if c.merged_lora
-            }
-        )
+        merged = merged_loras_of(route.checkpoint)
         assert rows[path]["model"] == "+".join([f"local:{route.checkpoint}", *(f"local:{m}" for m in merged)])
 
 
