@@ -18,18 +18,31 @@ E4M3_MAX = 448.0  # the largest finite float8 e4m3fn
 FUSED_BIAS_MIN_ROWS = 64
 
 
+def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float8 e4m3 weight, its per-output-channel scale as [out, 1]) of a [out, in] weight."""
+    weight = weight.float()
+    scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
+    return (weight / scale).to(torch.float8_e4m3fn), scale
+
+
 class Fp8Linear(torch.nn.Module):
     """y = x W^T + b with W stored in float8 e4m3 (one scale per output channel) and x quantised per token on the
     fly; `torch._scaled_mm` runs it on Hopper's FP8 tensor cores and returns BF16."""
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
-        self.register_buffer("weight_fp8", (weight / scale).to(torch.float8_e4m3fn))
+        weight_fp8, scale = quantize(linear.weight.detach())
+        self.register_buffer("weight_fp8", weight_fp8)
         self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out]
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def set_rows(self, rows: slice, weight: torch.Tensor) -> None:
+        """Re-quantise output rows `rows` from a higher-precision `weight` (a LoRA merged from the base), in place:
+        the buffers keep their memory, so compiled code and CUDA graphs that read them stay valid."""
+        weight_fp8, scale = quantize(weight)
+        self.weight_fp8[rows].copy_(weight_fp8)
+        self.weight_scale[:, rows].copy_(scale.t())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -13,9 +13,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from registry import parse_invalid_request
+
 
 class ComponentCallError(RuntimeError):
     pass
+
+
+class ComponentRefused(ComponentCallError):
+    """A component model refused the client's input (a LoRA that does not fit it): INVALID_ARG with the field, which
+    the pipeline model passes on (registry/contract.py)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class RequestCancelled(RuntimeError):
@@ -71,7 +82,11 @@ class BlsClient:
         t0 = time.perf_counter() if self.profile else 0.0
         response = request.exec()
         if response.has_error():
-            raise ComponentCallError(f"{model}: {response.error().message()}")
+            message = response.error().message()
+            refused = parse_invalid_request(message)
+            if refused is not None:
+                raise ComponentRefused(*refused)
+            raise ComponentCallError(f"{model}: {message}")
         result = {name: self._torch(pb.get_output_tensor_by_name(response, name)) for name in outputs}
         if self.profile:
             if self.gpu:

@@ -21,6 +21,7 @@ from registry import (
     TensorSpec,
     pipeline_model_of,
 )
+from registry.tasks import LORAS
 
 from .plans import cc_model_filenames
 
@@ -86,9 +87,11 @@ def component_config(component: Component, profile: str, params: Mapping[str, st
     if component.accelerations and backend == "torch":
         all_params["accelerations"] = ",".join(component.accelerations)
     half = profile == "gpu"
+    # A TensorRT plan takes no LoRA set: its weights change through the refitter, not per request.
+    inputs = (*component.inputs, LORAS) if component.lora and backend != "tensorrt" else component.inputs
     return (
         head
-        + _tensors("input", component.inputs, half)
+        + _tensors("input", inputs, half)
         + _tensors("output", component.outputs, half)
         + _instance_group(profile)
         + _parameters(all_params)

@@ -54,6 +54,14 @@ def _prune(model_dir: Path, keep: set[str]) -> None:
             shutil.rmtree(child)
 
 
+def _source(component: Component, checkpoints: Mapping[str, CheckpointSource]) -> CheckpointSource:
+    """The resolved checkpoint a component's module comes from (the first of its checkpoints)."""
+    source = next((checkpoints[k] for k in component.checkpoints if k in checkpoints), None)
+    if source is None:
+        raise FileNotFoundError(f"{component.triton_model}: none of {component.checkpoints} was resolved")
+    return source
+
+
 def _component(
     out: Path,
     component: Component,
@@ -69,13 +77,18 @@ def _component(
     version_dir = model_dir / VERSION
     runtime = component.backend(profile)
     changed = False
+    if runtime == "tensorrt" and component.lora:
+        # A plan would serve every LoRA request with the base weights: refuse until the refitter takes the weight map.
+        raise NotImplementedError(f"{component.triton_model}: per-request LoRAs on a TensorRT plan need a refitter")
     if runtime == "onnxruntime":
         artifact_dir = onnx_dir / component.triton_model
         if not (artifact_dir / "model.onnx").exists():
             raise FileNotFoundError(f"{artifact_dir / 'model.onnx'} missing: run `python -m export` first")
         version = export_versions.get(component.triton_model, 1)
         version_dir = model_dir / str(version)
-        changed |= _write(model_dir / "config.pbtxt", component_config(component, profile))
+        # Per-request LoRAs are read on a skeleton of the module, built from its checkpoint's config.
+        params = {"checkpoint_dir": str(_source(component, checkpoints).path.resolve())} if component.lora else {}
+        changed |= _write(model_dir / "config.pbtxt", component_config(component, profile, params))
         changed |= not version_dir.exists()
         _write(version_dir / "model.py", _SHIM.format(module="model_repository.component_model"))
         for f in artifact_dir.iterdir():
@@ -84,10 +97,7 @@ def _component(
         _prune(model_dir, keep={str(version), str(version - 1)})
     elif runtime == "torch":
         # The module loads from its checkpoint subfolder at model load; nothing is exported.
-        source = next((checkpoints[k] for k in component.checkpoints if k in checkpoints), None)
-        if source is None:
-            raise FileNotFoundError(f"{component.triton_model}: none of {component.checkpoints} was resolved")
-        params = {"checkpoint_dir": str(source.path.resolve())}
+        params = {"checkpoint_dir": str(_source(component, checkpoints).path.resolve())}
         if component.merged_lora:
             if component.merged_lora not in loras:
                 raise FileNotFoundError(f"{component.triton_model}: LoRA {component.merged_lora!r} was not resolved")

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 import triton_python_backend_utils as pb_utils
 
-from registry import SOURCE_PARAMETER_PREFIX, TASKS, Kind, Task, TaskSpec
-from registry.tasks import CHECKPOINT, MEDIA
+from components.lora_weights import LoraSet
+from registry import SOURCE_PARAMETER_PREFIX, TASKS, Kind, Task, TaskSpec, invalid_request_message
+from registry.tasks import CHECKPOINT, LORAS, MEDIA
 
-from .bls import BlsClient, RequestCancelled
+from .bls import BlsClient, ComponentRefused, RequestCancelled
 from .pipelines import InvalidRequest, PipelineRequest, Pipelines
 
 
@@ -27,7 +28,7 @@ def _decode(spec: TaskSpec, request: object, name: str) -> Any:
     """One request tensor as its field's value: text as str, numbers as int/float, media as a uint8 array; None
     when an optional input was left out (an empty text may arrive as no tensor at all: "")."""
     value = _tensor(request, name)
-    kind = Kind.TEXT if name == CHECKPOINT.name else spec.field_of(name).kind
+    kind = Kind.TEXT if name in (CHECKPOINT.name, LORAS.name) else spec.field_of(name).kind
     if value is None:
         return "" if kind in (Kind.TEXT, Kind.CHOICE) else None
     if kind in (Kind.TEXT, Kind.CHOICE):  # UTF-8 bytes in a UINT8 tensor (registry/tasks.py)
@@ -41,7 +42,10 @@ def _decode(spec: TaskSpec, request: object, name: str) -> Any:
 def _request(spec: TaskSpec, request: object) -> PipelineRequest:
     """The decoded request tensors of `spec`'s task (TaskSpec.inputs)."""
     values = {s.name: _decode(spec, request, s.name) for s in spec.inputs}
-    return PipelineRequest(checkpoint=str(values.pop(CHECKPOINT.name)), tensors=values)
+    loras = values.pop(LORAS.name)
+    return PipelineRequest(
+        checkpoint=str(values.pop(CHECKPOINT.name)), tensors=values, loras=LoraSet.decode(loras) if loras else None
+    )
 
 
 class TritonPythonModel:
@@ -92,9 +96,10 @@ class TritonPythonModel:
             except RequestCancelled as exc:
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
                 responses.append(pb_utils.InferenceResponse(error=error))
-            except InvalidRequest as exc:
+            except (InvalidRequest, ComponentRefused) as exc:
                 # The client's fault: Triton's INVALID_ARG code, the field in the message (registry/contract.py).
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                message = str(exc) if isinstance(exc, InvalidRequest) else invalid_request_message(exc.field, str(exc))
+                error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
             except Exception as exc:  # reported to the caller as an internal error, the model stays up
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"pipeline failed: {exc!r}")))

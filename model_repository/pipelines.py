@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from components.lora_weights import LoraSet
 from families import hooks
 from registry import CHECKPOINTS, FAMILIES, TASKS, Field, Task, invalid_request_message
 
 from .processors import load_processor
-from .proxies import ComponentClient, proxies_for
+from .proxies import ComponentClient, ComponentProxy, proxies_for
 
 
 def _light_components(path: Path, exclude: set[str], accepted: set[str]) -> dict[str, Any]:
@@ -87,6 +88,7 @@ class PipelineRequest:
 
     checkpoint: str
     tensors: Mapping[str, Any] = field(default_factory=dict)
+    loras: LoraSet | None = None  # the LoRA set the request's `lora` components apply; None: the base model
 
 
 def _pil(pixels: np.ndarray) -> Image.Image:
@@ -140,8 +142,11 @@ class Pipelines:
             logging.getLogger(cls.__module__).addFilter(_NO_PROMPT_ECHOES)
         accepted = set(inspect.signature(pipeline_class.__init__).parameters)
         self.pipelines = {}
+        self.lora_proxies: dict[str, list[ComponentProxy]] = {}  # checkpoint -> the proxies LoRA sets go to
         for key, path in checkpoint_dirs.items():
-            proxies = proxies_for(family, self.family.components_for(key), Path(path), client, device, dtype)
+            components = self.family.components_for(key)
+            proxies = proxies_for(family, components, Path(path), client, device, dtype)
+            self.lora_proxies[key] = [proxies[role] for role, c in components.items() if c.lora and role in proxies]
             light = _light_components(Path(path), exclude=set(proxies), accepted=accepted)
             overrides = dict(CHECKPOINTS[key].scheduler_overrides)
             if overrides:  # e.g. a distilled LoRA's own sigma schedule
@@ -187,10 +192,21 @@ class Pipelines:
         refused = sorted(set(kwargs) - self.accepts) if self.accepts is not None else []
         if refused:  # a task keyword this pipeline lacks must be adapted by the family's CALL_HOOKS
             raise TypeError(f"{type(pipe).__name__} takes no {refused}: add a call hook in the family's pipeline.py")
-        result = pipe(generator=generator, **kwargs)
+        loras = request.loras if request.loras and request.loras.files else None
+        targets = self.lora_proxies[request.checkpoint]
+        if loras is not None and not targets:
+            raise InvalidRequest("lora_name", f"{request.checkpoint} serves no LoRAs")
+        for proxy in targets:  # each of the pipeline's calls to them carries the set
+            proxy.loras = loras
+        try:
+            result = pipe(generator=generator, **kwargs)
+        finally:
+            for proxy in targets:
+                proxy.loras = None
         pixels = np.asarray(result.images, dtype=np.float32)
         if not np.isfinite(pixels).all():
             raise NonFiniteOutput(f"{type(pipe).__name__} made non-finite pixels")
         # The same rounding as diffusers' numpy_to_pil, so served bytes equal the pipeline's PIL images.
         images = (pixels * 255).round().astype(np.uint8)
-        return images, self.labels[request.checkpoint], time.perf_counter() - t0
+        label = self.labels[request.checkpoint] + (f"+{loras.label}" if loras else "")
+        return images, label, time.perf_counter() - t0

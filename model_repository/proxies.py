@@ -18,8 +18,10 @@ import torch
 from diffusers.configuration_utils import FrozenDict
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from components.lora_weights import LoraSet
 from families import hooks
 from registry import Component
+from registry.tasks import LORAS
 
 _TORCH = {"FP32": torch.float32, "INT64": torch.int64, "INT32": torch.int32}
 # Arguments the pipelines pass that carry no tensor for the component when they hold these values.
@@ -63,6 +65,9 @@ class ComponentProxy(torch.nn.Module):
         config_path = checkpoint_dir / component.subfolder / "config.json"
         self.config = FrozenDict(json.loads(config_path.read_text()))
         self._input_names = [s.name for s in component.inputs]
+        # The request's LoRA set while a pipeline call runs (Pipelines sets it on `lora` components): every call
+        # then carries it as the LORAS input.
+        self.loras: LoraSet | None = None
         self._output_names = [s.name for s in component.outputs]
         # Float inputs travel in the precision the component runs in (FP32 ONNX on CPU, BF16 on the GPU).
         self._dtypes = {
@@ -97,6 +102,8 @@ class ComponentProxy(torch.nn.Module):
             for name in self._input_names
             if named.get(name) is not None
         }
+        if self.loras is not None:
+            inputs[LORAS.name] = torch.frombuffer(bytearray(self.loras.encode()), dtype=torch.uint8)
         result = self.client.infer(self.component.triton_model, inputs, self._output_names)
         return ComponentOutputs(self._output_names, [result[n] for n in self._output_names])
 

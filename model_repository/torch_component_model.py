@@ -3,7 +3,8 @@
 On the GPU profile: CUDA, BF16, the registry's speed-ups (fused QKV, FP8 matmuls, torch.compile with on-disk caches,
 CUDA graphs); TensorRT plans replace it per component once they are built, with the same inputs and outputs. On the
 CPU profile (components the registry runs in torch everywhere, like a vision-language text encoder): float32, as loaded.
-A component with a merged LoRA (registry `merged_lora`) gets it fused into its weights at load.
+A component with a merged LoRA (registry `merged_lora`) gets it fused into its weights at load; one that takes
+per-request LoRAs (registry `lora`) merges each request's set in place (components/lora_apply.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from components.adapters import adapter_of
+from components.lora_apply import InPlaceLoras, base_copies
 from components.lora_merge import merge_lora
-from registry import LORAS, component_of
+from components.lora_weights import LoraMismatch, LoraReader, LoraSet
+from registry import LORAS, component_of, invalid_request_message
+from registry.tasks import LORAS as LORAS_INPUT
 
 from .accelerate import Acceleration, accelerate, enable_compile_cache
 
@@ -52,6 +56,7 @@ class TritonPythonModel:
                 Path(params.get("compile_cache", os.environ.get("RYLA_COMPILE_CACHE", "/tmp/ryla-inductor")))
             )
             self.module = module.to(self.device, torch.bfloat16).eval()
+            self.loras = self._loras(params, family.pipeline_class)
             accelerations = set(filter(None, params.get("accelerations", "").split(",")))
             how = Acceleration.of(accelerations, params["precision"], self.component.fp8_layers)
             self.cuda_graphs = how.cuda_graphs
@@ -60,6 +65,9 @@ class TritonPythonModel:
         else:
             self.device = torch.device("cpu")
             self.module = module.float().eval()
+            self.loras = self._loras(params, family.pipeline_class)
+        if self.loras is not None:
+            self.loras.bind(self.module.model)
         self.profile = os.environ.get("RYLA_PROFILE_BLS") == "1"
         self.compute_s, self.launch_s, self.calls = 0.0, 0.0, 0
         # RYLA_PROFILE_TRACE_CALL=n (with RYLA_PROFILE_BLS=1): the n-th call runs under torch.profiler and its
@@ -68,9 +76,25 @@ class TritonPythonModel:
         if self.profile:
             cpus = len(os.sched_getaffinity(0))
             pb_utils.Logger.log_info(f"{args['model_name']}: {cpus} CPUs, torch threads {torch.get_num_threads()}")
-        self.input_names = [t["name"] for t in config["input"]]
+        self.input_names = [t["name"] for t in config["input"] if t["name"] != LORAS_INPUT.name]
         self.output_names = [t["name"] for t in config["output"]]
         pb_utils.Logger.log_info(f"{args['model_name']}: ready in {time.perf_counter() - t0:.1f}s")
+
+    def _loras(self, params: dict[str, str], pipeline_class: str) -> InPlaceLoras | None:
+        """Per-request LoRAs merged in place, from copies of the base weights taken before the speed-ups."""
+        if not self.component.lora:
+            return None
+        reader = LoraReader(Path(params["checkpoint_dir"]) / self.component.subfolder, pipeline_class)
+        return InPlaceLoras(reader, base_copies(self.module.model))
+
+    def _apply_loras(self, request: object) -> None:
+        if self.loras is None:
+            return
+        tensor = pb_utils.get_input_tensor_by_name(request, LORAS_INPUT.name)
+        loras = None if tensor is None else LoraSet.decode(tensor.as_numpy().tobytes())
+        seconds = self.loras.apply(loras)
+        if seconds:
+            pb_utils.Logger.log_info(f"{self.component.triton_model}: LoRA set switched in {seconds * 1000:.0f} ms")
 
     def _traced(self, inputs: list[torch.Tensor]) -> object:
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -85,6 +109,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
+                self._apply_loras(request)
                 inputs = []
                 for name in self.input_names:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -119,6 +144,11 @@ class TritonPythonModel:
                             for n, o in zip(self.output_names, outputs, strict=True)
                         ]
                     )
+                )
+            except LoraMismatch as exc:  # the client's LoRA: a 422 naming its field (registry/contract.py)
+                message = invalid_request_message(exc.field, str(exc))
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
                 )
             except Exception as exc:  # one bad request must not take the others down
                 responses.append(

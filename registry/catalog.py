@@ -54,7 +54,10 @@ def _check() -> None:
     for r in ROUTES.values():
         if r.checkpoint not in CHECKPOINTS or r.group not in GROUPS:
             raise ValueError(f"route {r.path}: unknown checkpoint {r.checkpoint!r} or group {r.group!r}")
-        FAMILIES[CHECKPOINTS[r.checkpoint].family].pipeline_for(r.task)  # the family serves the route's task
+        family = FAMILIES[CHECKPOINTS[r.checkpoint].family]
+        family.pipeline_for(r.task)  # the family serves the route's task
+        if r.lora and not any(c.lora for c in family.components_for(r.checkpoint).values()):
+            raise ValueError(f"route {r.path}: a LoRA route, but no component of {r.checkpoint} takes LoRAs")
     for u in UNSUPPORTED.values():
         if u.path in ROUTES or u.group not in GROUPS:
             raise ValueError(f"unsupported route {u.path}: also a served route, or unknown group {u.group!r}")

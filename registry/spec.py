@@ -118,6 +118,9 @@ class Component:
     accelerations: tuple[str, ...] = ()
     # A registry Lora merged into the weights at build time: its own component, no LoRA cost per step.
     merged_lora: str | None = None
+    # Per-request LoRAs apply here (the routes with `lora` send them): the component takes the optional LORAS input
+    # and merges each LoRA set from its base weights (components/lora_weights.py).
+    lora: bool = False
     # Engine-profile ranges that replace the family's for this component (TensorRT): e.g. a VAE whose plan cannot be
     # built over the family's whole image range.
     profile_dims: tuple[Dim, ...] = ()
@@ -198,6 +201,8 @@ class Limits:
     max_media_bytes: int = 25 * 1024 * 1024
     max_media_pixels: int = 4096 * 4096
     max_reference_images: int = 2
+    # `loras` items a request may stack on top of its lora_id / lora_name (api.md)
+    max_loras: int = 4
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,9 @@ class Route:
     # Named sizes (api.md `aspect_ratio`): (name, width, height); empty where the route has none.
     aspect_ratios: tuple[tuple[str, int, int], ...] = ()
     denoise: float | None = None  # default of `denoise` on edit and inpaint routes
+    # A character-LoRA route (api.md `-lora` routes): the LoRA fields, applied per request to the checkpoint's
+    # `lora` components.
+    lora: bool = False
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 from .spec import Route, Task, TensorSpec
 
 MAX_SEED = 2**32 - 1
+MAX_LORA_SCALE = 2.0  # api.md: lora_strength and each `loras` scale within +-2
 IMAGE_FORMATS = ("png", "jpeg", "webp")  # output_format of image answers (api/encoding.py encodes each)
 
 
@@ -31,6 +32,7 @@ class Kind(StrEnum):
     CHOICE = "choice"  # one of a set of strings
     IMAGE = "image"  # base64 PNG, JPEG or WEBP; crosses decoded, H x W x RGB uint8
     MASK = "mask"  # an image read as one channel; crosses H x W uint8, 255 = white
+    LORAS = "loras"  # a list of {"name" or "url", "scale"} objects (api.md `loras`)
 
 
 MEDIA = (Kind.IMAGE, Kind.MASK)
@@ -143,11 +145,16 @@ class TaskSpec:
 
     @property
     def fields(self) -> tuple[Field, ...]:
-        """Every field: the task's own, the common ones, the output's."""
-        return (*self.own, *COMMON, *self.output.fields)
+        """Every field: the task's own, the common ones, the LoRA routes', the output's."""
+        return (*self.own, *COMMON, *LORA_FIELDS, *self.output.fields)
 
     def fields_of(self, route: Route) -> tuple[Field, ...]:
         return tuple(f for f in self.fields if f.only_if is None or getattr(route, f.only_if))
+
+    @property
+    def prompt(self) -> Field:
+        """The field the pipeline takes as its prompt (`prompt`, an edit's `instruction`): where trigger_word goes."""
+        return next(f for f in self.own if f.keyword == "prompt")
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
@@ -158,18 +165,19 @@ class TaskSpec:
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        """The pipeline model's request tensors: the checkpoint key, then each field's."""
-        return (CHECKPOINT, *(t for f in self.fields for t in f.tensors()))
+        """The pipeline model's request tensors: the checkpoint key, the LoRA set, then each field's."""
+        return (CHECKPOINT, LORAS, *(t for f in self.fields for t in f.tensors()))
 
-    def tensor_values(self, route: Route, values: Mapping[str, Any]) -> dict[str, Any]:
+    def tensor_values(self, route: Route, values: Mapping[str, Any], loras: str | None = None) -> dict[str, Any]:
         """The pipeline model inputs of one request, by tensor name, from its field values (defaults applied,
-        media decoded: arrays in the layout of their tensors). A list field's missing items are None (optional
-        inputs left out); a preset (aspect_ratio) sets the fields it names."""
+        media decoded: arrays in the layout of their tensors) and its resolved LoRA set (LoraSet.encode; None: the
+        base model). A list field's missing items are None (optional inputs left out); a preset (aspect_ratio)
+        sets the fields it names."""
         values = dict(values)
         for f in self.fields_of(route):
             if f.sets and values.get(f.name) is not None:
                 values.update(f.presets_of(route)[values[f.name]])
-        out: dict[str, Any] = {CHECKPOINT.name: route.checkpoint}
+        out: dict[str, Any] = {CHECKPOINT.name: route.checkpoint, LORAS.name: loras}
         for f in self.fields_of(route):
             tensors = f.tensors()
             if not tensors:
@@ -199,6 +207,8 @@ class TaskSpec:
             values["steps"] = max(route.limits.min_steps, min(steps, route.limits.max_steps))
         if seed is not None:
             values["seed"] = seed
+        if route.lora:  # the random LoRA every build writes into the store for each LoRA route's checkpoint
+            values["lora_name"] = sample_lora_name(route.checkpoint)
         return values
 
     def field_of(self, tensor: str) -> Field:
@@ -219,6 +229,18 @@ class TaskSpec:
 
 
 CHECKPOINT = TensorSpec("CHECKPOINT", "UINT8", (-1,))  # the registry checkpoint key the request is for
+# The request's LoRA set, resolved by the API from its LoRA fields to local files (components/lora_weights.py,
+# LoraSet.encode): JSON as UTF-8 bytes; left out for the base model. The pipeline model hands it to its `lora`
+# components with every call, which take it as this same optional input.
+LORAS = TensorSpec("LORAS", "UINT8", (-1,), optional=True)
+
+
+def sample_lora_name(checkpoint: str) -> str:
+    """The store name of the random LoRA a build writes for `checkpoint` (sample requests and smoke tests of LoRA
+    routes use it)."""
+    return f"sample-{checkpoint}"
+
+
 _TEXT = ("UINT8", (-1,))
 
 
@@ -308,6 +330,43 @@ COMMON: tuple[Field, ...] = (
         maximum=FromRoute("limits.max_num_images"),
         tensor=TensorSpec("NUM_IMAGES", "INT32", (1,)),
         keyword="num_images_per_prompt",
+    ),
+)
+
+
+# The LoRA routes' fields (api.md): resolved by the API to local files before the request queues, then sent as the
+# LORAS tensor (no tensor of their own); trigger_word is prepended to the prompt field.
+LORA_FIELDS: tuple[Field, ...] = (
+    Field(
+        "lora_id",
+        Kind.TEXT,
+        "A character LoRA of the store: <family>-character-{id}, then character-{id}",
+        max_length=64,
+        only_if="lora",
+    ),
+    Field(
+        "lora_name",
+        Kind.TEXT,
+        "A file name in the LoRA store (.safetensors added if missing); instead of lora_id",
+        max_length=128,
+        only_if="lora",
+    ),
+    Field(
+        "lora_strength",
+        Kind.NUMBER,
+        "The scale of lora_id / lora_name's LoRA",
+        default=1.0,
+        minimum=-MAX_LORA_SCALE,
+        maximum=MAX_LORA_SCALE,
+        only_if="lora",
+    ),
+    Field("trigger_word", Kind.TEXT, "Prepended to the prompt", max_length=200, blank_is_none=True, only_if="lora"),
+    Field(
+        "loras",
+        Kind.LORAS,
+        'More LoRAs stacked on top: {"name": store name} or {"url": https URL of an allowed host}, each with a "scale"',
+        max_length=FromRoute("limits.max_loras"),
+        only_if="lora",
     ),
 )
 
