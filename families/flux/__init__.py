@@ -84,6 +84,7 @@ FLUX = Family(
                 precision="fp8",
                 fp8_layers=FP8_LAYERS,
                 accelerations=("fuse_qkv", "compile", "cuda_graphs"),
+                lora=variant == "dev",  # /flux-lora
             )
             for variant in ("schnell", "dev")
         ),
@@ -128,7 +129,7 @@ DECLARATION = Declaration(
             max_sequence_length=512,
         ),
     ),
-    groups=(AppGroup("flux"),),
+    groups=(AppGroup("flux"), AppGroup("lora")),
     routes=(
         Route(
             path="/flux",
@@ -153,6 +154,19 @@ DECLARATION = Declaration(
             height=1024,
             summary="FLUX.1-dev: quality text to image",
             timeout_s=120.0,
+        ),
+        Route(
+            path="/flux-lora",
+            group="lora",
+            checkpoint="flux-dev",
+            task=Task.TEXT_TO_IMAGE,
+            steps=28,
+            cfg=3.5,
+            width=1024,
+            height=1024,
+            summary="FLUX.1-dev + character LoRAs, applied per request",
+            timeout_s=120.0,
+            lora=True,
         ),
     ),
 )

@@ -14,6 +14,7 @@ import torch
 from diffusers import FluxPipeline
 
 from checkpoints.source import resolve
+from loras import reference as lora_reference
 from registry import ROUTES
 
 # max_sequence_length of each checkpoint's T5 (the real pipelines' settings: schnell 256, dev 512).
@@ -32,7 +33,7 @@ def images(route: str, body: Mapping[str, Any], root: Path) -> list[np.ndarray]:
     r = ROUTES[route]
     cfg = body.get("cfg", r.cfg)
     kwargs: dict[str, Any] = {
-        "prompt": body["prompt"],
+        "prompt": lora_reference.prompt_of(body),
         "width": body.get("width", r.width),
         "height": body.get("height", r.height),
         "num_inference_steps": body.get("steps", r.steps),
@@ -46,7 +47,9 @@ def images(route: str, body: Mapping[str, Any], root: Path) -> list[np.ndarray]:
         kwargs["guidance_scale"] = 0.0
         if cfg > 1:
             kwargs |= {"true_cfg_scale": cfg, "negative_prompt": body.get("negative_prompt") or ""}
-    out = pipeline(r.checkpoint, Path(root))(**kwargs)
+    pipe = pipeline(r.checkpoint, Path(root))
+    with lora_reference.adapters(pipe, body, lora_reference.store_of(root)):
+        out = pipe(**kwargs)
     return [np.asarray(im.convert("RGB")) for im in out.images]
 
 
@@ -55,4 +58,4 @@ def _of(route: str) -> Callable[[Mapping[str, Any], Path], list[np.ndarray]]:
 
 
 # Route -> (request body, tiny checkpoints root) -> the images plain diffusers makes of it.
-REFERENCES = {path: _of(path) for path in ("/flux", "/flux-dev")}
+REFERENCES = {path: _of(path) for path in ("/flux", "/flux-dev", "/flux-lora")}

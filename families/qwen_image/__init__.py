@@ -138,7 +138,7 @@ QWEN_IMAGE = Family(
     ),
     components=(
         _text_encoder("qwen_image_text_encoder", T2I, vision=False),
-        _transformer("qwen_image_transformer", ("qwen-image-2512",), zero_cond_t=False),
+        _transformer("qwen_image_transformer", ("qwen-image-2512",), zero_cond_t=False, lora=True),
         # The same weights with the Lightning 4-step LoRA merged in at build time.
         _transformer(
             "qwen_image_fast_transformer",
@@ -171,7 +171,7 @@ QWEN_EDIT = Family(
     ),
     components=(
         _text_encoder("qwen_edit_text_encoder", EDIT, vision=True),
-        _transformer("qwen_edit_transformer", EDIT, zero_cond_t=True),
+        _transformer("qwen_edit_transformer", EDIT, zero_cond_t=True, lora=True),
         *_vae("qwen_edit", EDIT, encoder=True),
     ),
 )
@@ -275,6 +275,21 @@ DECLARATION = Declaration(
             limits=LIMITS,
         ),
         Route(
+            path="/qwen-image-2512-lora",
+            group="qwen-image",
+            checkpoint="qwen-image-2512",
+            task=Task.TEXT_TO_IMAGE,
+            steps=50,
+            cfg=4.0,
+            width=1328,
+            height=1328,
+            summary="Qwen-Image-2512 + character LoRAs, applied per request",
+            aspect_ratios=ASPECT_RATIOS,
+            timeout_s=180.0,
+            limits=LIMITS,
+            lora=True,
+        ),
+        Route(
             path="/qwen-image-edit-2511",
             group="qwen-edit",
             checkpoint="qwen-image-edit-2511",
@@ -287,6 +302,21 @@ DECLARATION = Declaration(
             denoise=0.8,
             timeout_s=180.0,
             limits=LIMITS,
+        ),
+        Route(
+            path="/qwen-image-edit-lora",
+            group="qwen-edit",
+            checkpoint="qwen-image-edit-2511",
+            task=Task.EDIT,
+            steps=40,
+            cfg=4.0,
+            width=1024,
+            height=1024,
+            summary="Qwen-Image-Edit-2511 + character LoRAs: edit source_image by instruction",
+            denoise=0.8,
+            timeout_s=180.0,
+            limits=LIMITS,
+            lora=True,
         ),
         Route(
             path="/qwen-image-inpaint-2511",

@@ -24,6 +24,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import VAE_IMAGE
 from PIL import Image
 
 from checkpoints.source import resolve, resolve_lora
+from loras import reference as lora_reference
 from registry import CHECKPOINTS, LORAS, ROUTES
 
 MAX_SEQUENCE_LENGTH = 512
@@ -56,6 +57,9 @@ def pipeline(checkpoint: str, cls: type, root: Path) -> Any:
         overrides = dict(CHECKPOINTS[checkpoint].scheduler_overrides)
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **overrides)
     return pipe
+
+
+PREFIX = "qwen"  # api.md: a lora_id is looked up as qwen-character-{id} first
 
 
 def image_of(value: str) -> Image.Image:
@@ -94,7 +98,9 @@ def text_to_image(route: str, body: Mapping[str, Any], root: Path) -> list[np.nd
         if body.get("aspect_ratio") == name:
             width, height = w, h
     pipe = pipeline(r.checkpoint, QwenImagePipeline, Path(root))
-    return _pixels(pipe(prompt=body["prompt"], width=width, height=height, **_common(route, body)))
+    with lora_reference.adapters(pipe, body, lora_reference.store_of(root), PREFIX):
+        out = pipe(prompt=lora_reference.prompt_of(body), width=width, height=height, **_common(route, body))
+    return _pixels(out)
 
 
 def edit(route: str, body: Mapping[str, Any], root: Path) -> list[np.ndarray]:
@@ -106,7 +112,9 @@ def edit(route: str, body: Mapping[str, Any], root: Path) -> list[np.ndarray]:
     width, height = edit_size(source)
     images = [source, *(image_of(v) for v in body.get("reference_images") or ())]
     pipe = pipeline(ROUTES[route].checkpoint, QwenImageEditPlusPipeline, Path(root))
-    out = pipe(image=images, prompt=body["instruction"], width=width, height=height, **_common(route, body))
+    prompt = lora_reference.prompt_of(body, "instruction")
+    with lora_reference.adapters(pipe, body, lora_reference.store_of(root), PREFIX):
+        out = pipe(image=images, prompt=prompt, width=width, height=height, **_common(route, body))
     return _pixels(out)
 
 
@@ -134,6 +142,8 @@ REFERENCES = {
     "/qwen-image-2512-fast": _of(text_to_image, "/qwen-image-2512-fast"),
     "/qwen-image-edit-2511": _of(edit, "/qwen-image-edit-2511"),
     "/qwen-image-inpaint-2511": _of(inpaint, "/qwen-image-inpaint-2511"),
+    "/qwen-image-2512-lora": _of(text_to_image, "/qwen-image-2512-lora"),
+    "/qwen-image-edit-lora": _of(edit, "/qwen-image-edit-lora"),
 }
 
 
@@ -154,4 +164,6 @@ SAMPLE_OVERRIDES = {
     # Without CFG (its ~1 MP edit pipeline costs a minute on a CPU otherwise): the served CFG path is the edit
     # route's too, which tests/test_serving.py::test_edit_denoise_starts_from_the_source runs with CFG.
     "/qwen-image-inpaint-2511": {"cfg": 1.0},
+    # The plain call's denoise, and no CFG for time: the edit route above runs the multi-image edit.
+    "/qwen-image-edit-lora": {"denoise": 1.0, "cfg": 1.0},
 }

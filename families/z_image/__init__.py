@@ -80,6 +80,7 @@ Z_IMAGE = Family(
             precision="fp8",
             fp8_layers=FP8_LAYERS,
             accelerations=("compile_blocks",),
+            lora=True,  # /z-image-lora
         ),
         Component(
             triton_model="z_image_vae_decoder",
@@ -147,6 +148,19 @@ DECLARATION = Declaration(
             height=1024,
             summary="Z-Image-Turbo, Danrisi preset: the same model as /z-image-simple, its own defaults",
             timeout_s=60.0,
+        ),
+        Route(
+            path="/z-image-lora",
+            group="z-image",
+            checkpoint="z-image-turbo",
+            task=Task.TEXT_TO_IMAGE,
+            steps=8,
+            cfg=0.0,
+            width=1024,
+            height=1024,
+            summary="Z-Image-Turbo + character LoRAs, applied per request",
+            timeout_s=60.0,
+            lora=True,
         ),
     ),
     unsupported=(

@@ -14,6 +14,7 @@ import torch
 from diffusers import ZImagePipeline
 
 from checkpoints.source import resolve
+from loras import reference as lora_reference
 from registry import ROUTES
 
 
@@ -29,7 +30,7 @@ def images(route: str, body: Mapping[str, Any], root: Path) -> list[np.ndarray]:
     r = ROUTES[route]
     cfg = body.get("cfg", r.cfg)
     kwargs: dict[str, Any] = {
-        "prompt": body["prompt"],
+        "prompt": lora_reference.prompt_of(body),
         "width": body.get("width", r.width),
         "height": body.get("height", r.height),
         "num_inference_steps": body.get("steps", r.steps),
@@ -42,7 +43,9 @@ def images(route: str, body: Mapping[str, Any], root: Path) -> list[np.ndarray]:
     }
     if cfg > 1.0:
         kwargs["negative_prompt"] = body.get("negative_prompt") or ""
-    out = pipeline(r.checkpoint, Path(root))(**kwargs)
+    pipe = pipeline(r.checkpoint, Path(root))
+    with lora_reference.adapters(pipe, body, lora_reference.store_of(root)):
+        out = pipe(**kwargs)
     return [np.asarray(im.convert("RGB")) for im in out.images]
 
 
@@ -51,4 +54,4 @@ def _of(route: str) -> Callable[[Mapping[str, Any], Path], list[np.ndarray]]:
 
 
 # Route -> (request body, tiny checkpoints root) -> the images plain diffusers makes of it.
-REFERENCES = {path: _of(path) for path in ("/z-image-simple", "/z-image-danrisi")}
+REFERENCES = {path: _of(path) for path in ("/z-image-simple", "/z-image-danrisi", "/z-image-lora")}
