@@ -21,6 +21,7 @@ from registry.tasks import MAX_SEED
 from .cancellation import unless_client_leaves
 from .encoding import IMAGE_FORMATS, encode_image
 from .errors import ApiError, openapi_responses
+from .loras import LoraSources, with_trigger_word
 from .media import MediaLimits, check_same_size, decode_image_array
 from .schemas import GenerationAnswer, RequestBody, request_model
 from .state import ApiState, Backend, State
@@ -65,9 +66,25 @@ def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
     return media
 
 
-def pipeline_inputs(route: Route, body: RequestBody, seed: int, media: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prepared:
+    """What a request brings before it queues: its media decoded, its LoRA set resolved to local files."""
+
+    media: dict[str, Any]
+    loras: str | None  # the LoraSet as the LORAS tensor's text; None: the base model
+
+
+def prepare(route: Route, body: RequestBody, loras: LoraSources) -> Prepared:
+    """Blocking (Pillow, file checks, LoRA fetches): run off the event loop."""
+    media = decode_media(route, body)
+    lora_set = loras.resolve(route, body.values())
+    return Prepared(media, None if lora_set is None else lora_set.encode().decode())
+
+
+def pipeline_inputs(route: Route, body: RequestBody, seed: int, prepared: Prepared) -> dict[str, Any]:
     """The pipeline model's inputs of this request, by tensor name (its task's TaskSpec.inputs)."""
-    return body.task.tensor_values(route, {**body.values(), "seed": seed, **media})
+    values = with_trigger_word({**body.values(), "seed": seed, **prepared.media}, body.task.prompt.name)
+    return body.task.tensor_values(route, values, loras=prepared.loras)
 
 
 @dataclass(frozen=True)
@@ -156,8 +173,8 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
         timeout_s = state.settings.timeout_of(route.timeout_s)
         deadline_s = state.settings.answer_deadline_s
-        # Bad media is a 422/413 before the request takes a place in the queue; Pillow decodes off the event loop.
-        media = await run_in_threadpool(decode_media, route, body)
+        # Bad media or LoRAs are a 422/413/404 before the request takes a place in the queue, found off the loop.
+        prepared = await run_in_threadpool(prepare, route, body, state.loras)
         left_s = None if deadline_s is None else deadline_s - (time.perf_counter() - arrival)
 
         async def queue_and_generate() -> tuple[float, PipelineResult]:
@@ -167,7 +184,7 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
                     limit_s = min(timeout_s, deadline_s - (time.perf_counter() - arrival))
                     if limit_s <= 0:
                         raise ApiError(504, "the answer deadline passed before the generation could start")
-                inputs = pipeline_inputs(route, body, seed, media)
+                inputs = pipeline_inputs(route, body, seed, prepared)
                 return queue_s, await backend.infer(pipeline, body.task, inputs, limit_s, request.state.request_id)
 
         # A client that leaves gives up its place in the queue, or its generation within one step.
@@ -208,7 +225,7 @@ def openapi_of(route: Route) -> dict[str, Any]:
                     name: {"description": text, "schema": {"type": "string"}} for name, text in RESPONSE_HEADERS.items()
                 },
             },
-            **openapi_responses(400, 401, 408, 413, 422, 429, 500, 503, 504),
+            **openapi_responses(400, 401, *((404,) if route.lora else ()), 408, 413, 422, 429, 500, 503, 504),
         },
     }
 

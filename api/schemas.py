@@ -19,7 +19,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from registry import Field as TaskField
 from registry import Kind, Route, TaskSpec, task_of
-from registry.tasks import COMMON, resolve
+from registry.tasks import COMMON, LORA_FIELDS, MAX_LORA_SCALE, resolve
 
 MEDIA_DESCRIPTION = "base64 (PNG, JPEG or WEBP), data: prefix optional"
 
@@ -35,6 +35,26 @@ def _blank_is_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+class LoraItem(BaseModel):
+    """One item of `loras` (api.md): a LoRA of the store by name, or an https URL of an allowed host."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str | None = Field(default=None, min_length=1, max_length=128, description="A file name in the LoRA store")
+    url: str | None = Field(default=None, min_length=1, max_length=2048, description="https URL of an allowed host")
+    scale: float = Field(default=1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoraItem:
+        if (self.name is None) == (self.url is None):
+            raise ValueError("give exactly one of name and url")
+        return self
+
+
+def _error(name: str, message: str, value: object) -> ValidationError:
+    detail = InitErrorDetails(type=PydanticCustomError("conflict", message), loc=(name,), input=value)
+    return ValidationError.from_exception_data("RequestBody", [detail])
+
+
 class RequestBody(BaseModel):
     """What a client POSTs to a generating route; each route's subclass holds its task's fields."""
 
@@ -48,9 +68,19 @@ class RequestBody(BaseModel):
         # A preset (aspect_ratio) with an explicit value of a field it sets is ambiguous: refuse it, never pick one.
         for f in self.task.fields_of(self.route):
             if f.sets and getattr(self, f.name) is not None and set(f.sets) & self.model_fields_set:
-                error = PydanticCustomError("conflict", f"conflicts with {'/'.join(f.sets)}: send one or the other")
-                detail = InitErrorDetails(type=error, loc=(f.name,), input=getattr(self, f.name))
-                raise ValidationError.from_exception_data(type(self).__name__, [detail])
+                raise _error(f.name, f"conflicts with {'/'.join(f.sets)}: send one or the other", getattr(self, f.name))
+        return self
+
+    @model_validator(mode="after")
+    def _one_lora(self) -> RequestBody:
+        # api.md: a LoRA route takes exactly one of lora_id and lora_name (loras stack more on top of it).
+        if not self.route.lora:
+            return self
+        lora_id, lora_name = getattr(self, "lora_id", None), getattr(self, "lora_name", None)
+        if lora_id is not None and lora_name is not None:
+            raise _error("lora_name", "send lora_id or lora_name, not both", lora_name)
+        if lora_id is None and lora_name is None:
+            raise _error("lora_id", "a LoRA route needs lora_id or lora_name", None)
         return self
 
     def values(self) -> dict[str, Any]:
@@ -85,6 +115,8 @@ def _annotation(f: TaskField, route: Route) -> Any:
         base = float
     elif f.kind is Kind.CHOICE:
         base = Literal[f.choices_of(route)]  # type: ignore[valid-type]
+    elif f.kind is Kind.LORAS:
+        return Annotated[list[LoraItem], Field(max_length=resolve(f.max_length, route))] | None
     else:  # media: checked and decoded by api/media.py before the request queues
         base = str
         rules["min_length"] = 1
@@ -108,8 +140,8 @@ def _description(f: TaskField, route: Route) -> str:
 
 def _model_fields(route: Route) -> dict[str, Any]:
     spec = task_of(route)
-    # The order request models have always listed: the common fields, the output's, the task's own.
-    order = {f.name: i for i, f in enumerate((*COMMON, *spec.output.fields, *spec.own))}
+    # The order request models have always listed: the common fields, the output's, the task's own; then LoRAs'.
+    order = {f.name: i for i, f in enumerate((*COMMON, *spec.output.fields, *spec.own, *LORA_FIELDS))}
     fields: dict[str, Any] = {}
     for f in sorted(spec.fields_of(route), key=lambda f: order[f.name]):
         default = ... if f.required else resolve(f.default, route)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -47,8 +48,16 @@ class Settings(BaseSettings):
     probe_timeout_s: float = Field(default=2.0, gt=0)
     # What 429 and 503 answers tell clients to wait before retrying.
     retry_after_s: int = Field(default=5, ge=1)
+    # The LoRA store of lora_id / lora_name (api.md): a folder (a Modal Volume in production); None: every name is
+    # a 404. LoRA URLs are fetched only from these hosts (none by default), up to the size and time caps, into the
+    # cache (by content hash).
+    lora_store: Path | None = None
+    lora_cache: Path = Path("/tmp/ryla-lora-cache")
+    lora_hosts: CommaList = ()
+    lora_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    lora_fetch_timeout_s: float = Field(default=120.0, gt=0)
 
-    @field_validator("api_keys", "groups", mode="before")
+    @field_validator("api_keys", "groups", "lora_hosts", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from registry import GROUPS, Route, UnsupportedRoute, routes_of, unsupported_of
 
 from .gate import GroupGate
+from .loras import LoraSources
 from .metrics import Metrics
 from .settings import Settings
 from .triton_client import TritonBackend
@@ -21,6 +22,7 @@ class ApiState:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     gates: dict[str, GroupGate] = field(default_factory=dict)
+    loras: LoraSources = field(init=False)
     started: float = field(default_factory=time.time)
     first_generation_done: bool = False
     _backend: TritonBackend | None = None
@@ -31,6 +33,7 @@ class ApiState:
             name: GroupGate(name, GROUPS[name].max_concurrency, GROUPS[name].max_queue, s.retry_after_s)
             for name in s.served_groups
         }
+        self.loras = LoraSources.of(s)
 
     @property
     def routes(self) -> list[Route]:

@@ -22,7 +22,8 @@ from checkpoints.source import ResolvedCheckpoint, resolve, resolve_lora, with_m
 from export import EXPORTED, export_family
 from export.family import STALE
 from model_repository.layout import CheckpointSource, build_repository
-from registry import CHECKPOINTS, FAMILIES, family_of, merged_loras_of
+from registry import CHECKPOINTS, FAMILIES, ROUTES, family_of, merged_loras_of
+from registry.tasks import sample_lora_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,7 @@ class BuildDirs:
     plans: Path
     repository: Path
     backends: Path
+    loras: Path  # the LoRA store (RYLA_LORA_STORE) the local stack serves lora_id / lora_name from
 
     @classmethod
     def under(cls, root: Path, checkpoints: Path | None = None) -> BuildDirs:
@@ -47,6 +49,7 @@ class BuildDirs:
             plans=root / "plans",
             repository=root / "model_repository",
             backends=root / "backends",
+            loras=root / "loras",
         )
 
 
@@ -108,6 +111,21 @@ def _run_exports(jobs: list[ExportJob], workers: int) -> list[list[str]]:
     return done
 
 
+def write_sample_loras(store: Path, resolved: Mapping[str, ResolvedCheckpoint]) -> list[Path]:
+    """The random LoRA of each LoRA route's checkpoint (registry.tasks.sample_lora_name), written into the store
+    where it is missing or older than its checkpoint: what sample requests and smoke tests of those routes load."""
+    from components.lora_weights import sample_lora
+
+    written = []
+    for checkpoint in sorted({r.checkpoint for r in ROUTES.values() if r.lora and r.checkpoint in resolved}):
+        component = next(c for c in family_of(checkpoint).components_for(checkpoint).values() if c.lora)
+        module_dir = resolved[checkpoint].path / component.subfolder
+        out = store / f"{sample_lora_name(checkpoint)}.safetensors"
+        if not out.exists() or out.stat().st_mtime < (module_dir / "config.json").stat().st_mtime:
+            written.append(sample_lora(module_dir, out))
+    return written
+
+
 def _log(message: str) -> None:
     print(f"[build] {message}", flush=True)
 
@@ -151,6 +169,8 @@ def build(
     for key, r in resolved.items():
         _log(f"checkpoint {key}: {r.label}")
     _log(f"{len(resolved)} checkpoints and {len(loras)} LoRAs ready in {time.perf_counter() - t0:.1f}s")
+    for path in write_sample_loras(dirs.loras, resolved):
+        _log(f"sample LoRA {path}")
     after_checkpoints()
 
     out = Build(resolved, loras)

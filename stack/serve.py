@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         load_models=tuple(built.models),
     ).start()
     env = dict(os.environ, RYLA_TRITON_GRPC_URL=triton.grpc_url, RYLA_GROUPS=",".join(groups))
+    env.setdefault("RYLA_LORA_STORE", str(dirs.loras))
     api = ApiProcess(args.host, args.port, env)
     supervisors: list[Supervisor] = []
     try:

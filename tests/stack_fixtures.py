@@ -59,7 +59,7 @@ def triton(model_repository: Path, stack_dirs: BuildDirs) -> Iterator[TritonServ
 def start_api(triton_grpc_url: str, port: int, **env: str) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "api", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "RYLA_TRITON_GRPC_URL": triton_grpc_url, **env},
+        env={**os.environ, "RYLA_TRITON_GRPC_URL": triton_grpc_url, "RYLA_LORA_STORE": str(STACK_DIR / "loras"), **env},
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

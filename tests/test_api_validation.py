@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.generate import pipeline_inputs
+from api.generate import Prepared, pipeline_inputs
 from api.samples import sample_body
 from api.schemas import request_model
 from api.settings import Settings
@@ -21,6 +21,8 @@ from registry import ROUTES, task_of
 from registry.tasks import resolve
 
 from .stack_fixtures import free_port
+
+NO_MEDIA = Prepared(media={}, loras=None)
 
 PATHS = list(ROUTES)
 FIRST = PATHS[0]
@@ -79,14 +81,14 @@ def test_a_preset_sets_its_fields_and_conflicts_with_them(client: TestClient, pa
     rows = resolve(preset.choices, route)
     for row in rows:
         name, *values = row
-        inputs = pipeline_inputs(route, model(**base, **{preset.name: name}), seed=1, media={})
+        inputs = pipeline_inputs(route, model(**base, **{preset.name: name}), seed=1, prepared=NO_MEDIA)
         assert [inputs[f.upper()] for f in preset.sets] == values
         assert client.post(path, json={**base, preset.name: name}).status_code == 503  # valid
     # api.md's presets, literally: 16:9 is 1664 x 928.
     if preset.name == "aspect_ratio":
-        inputs = pipeline_inputs(route, model(**base, aspect_ratio="16:9"), seed=1, media={})
+        inputs = pipeline_inputs(route, model(**base, aspect_ratio="16:9"), seed=1, prepared=NO_MEDIA)
         assert (inputs["WIDTH"], inputs["HEIGHT"]) == (1664, 928)
-    inputs = pipeline_inputs(route, model(**base), seed=1, media={})
+    inputs = pipeline_inputs(route, model(**base), seed=1, prepared=NO_MEDIA)
     assert [inputs[f.upper()] for f in preset.sets] == [getattr(route, f) for f in preset.sets]
     # An explicit value of a field it sets is ambiguous: 422 naming the preset, even when it equals the preset's.
     first = rows[1]
