@@ -141,11 +141,15 @@ OUR_PACKAGES = (
 CHECKPOINTS_VOLUME_NAME = "ryla-checkpoints"
 ENGINES_VOLUME_NAME = "ryla-engines"
 COMPILE_CACHE_VOLUME_NAME = "ryla-compile-cache"
+# The LoRA store of lora_id / lora_name (api.md): the product's character LoRAs, put there by the product; builds add
+# the sample LoRA of each LoRA route's checkpoint (stack/build.py), which warm-ups and smoke tests load.
+LORAS_VOLUME_NAME = "ryla-loras"
 # Build and serving containers mount each Volume at the same path: the repository's configs name checkpoint folders
 # by absolute path.
 CHECKPOINTS_DIR = PurePosixPath("/vol/checkpoints")
 ENGINES_DIR = PurePosixPath("/vol/engines")
 COMPILE_CACHE_DIR = PurePosixPath("/vol/compile-cache")
+LORAS_DIR = PurePosixPath("/vol/loras")
 
 # Secrets: their names and the keys the server checks they hold when the app deploys.
 HF_SECRET_NAME, HF_SECRET_KEY = "ryla-hf-token", "HF_TOKEN"
@@ -206,6 +210,7 @@ triton_image = (
             "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
             "TRITON_CACHE_DIR": f"{COMPILE_CACHE_DIR}/triton-kernels",  # OpenAI Triton's kernels, not the server
             "CUDA_CACHE_PATH": f"{COMPILE_CACHE_DIR}/nv",
+            "RYLA_LORA_STORE": str(LORAS_DIR),  # api/settings.py; fetched LoRA URLs cache in the container's /tmp
         }
     )
     .add_local_python_source(*OUR_PACKAGES)
@@ -218,6 +223,7 @@ app = modal.App(APP_NAME, image=triton_image)
 checkpoints_volume = modal.Volume.from_name(CHECKPOINTS_VOLUME_NAME, create_if_missing=True)
 engines_volume = modal.Volume.from_name(ENGINES_VOLUME_NAME, create_if_missing=True)
 compile_cache_volume = modal.Volume.from_name(COMPILE_CACHE_VOLUME_NAME, create_if_missing=True)
+loras_volume = modal.Volume.from_name(LORAS_VOLUME_NAME, create_if_missing=True)
 
 # `required_keys`: `modal deploy` fails unless the Secret exists and holds the key (checked by Modal's server).
 hf_secret = modal.Secret.from_name(HF_SECRET_NAME, required_keys=[HF_SECRET_KEY])
@@ -226,9 +232,10 @@ api_keys_secret = modal.Secret.from_name(API_KEYS_SECRET_NAME, required_keys=[AP
 BUILD_VOLUMES: dict[str | PurePosixPath, modal.Volume] = {
     CHECKPOINTS_DIR: checkpoints_volume,
     ENGINES_DIR: engines_volume,
+    LORAS_DIR: loras_volume,
 }
-# Serving reads weights and engines and never writes them; only the compile caches grow.
-READ_ONLY_WHEN_SERVING = (CHECKPOINTS_DIR, ENGINES_DIR)
+# Serving reads weights, engines and LoRAs and never writes them; only the compile caches grow.
+READ_ONLY_WHEN_SERVING = (CHECKPOINTS_DIR, ENGINES_DIR, LORAS_DIR)
 SERVE_VOLUMES: dict[str | PurePosixPath, modal.Volume] = {
     path: volume.read_only() if path in READ_ONLY_WHEN_SERVING else volume
     for path, volume in {**BUILD_VOLUMES, COMPILE_CACHE_DIR: compile_cache_volume}.items()
@@ -385,6 +392,11 @@ def build_group(group: str, force: bool = False, allow_unpinned: bool = False) -
             os.environ[ALLOW_UNPINNED_ENV] = before
 
 
+def _commit_checkpoints() -> None:
+    checkpoints_volume.commit()
+    loras_volume.commit()  # the sample LoRAs of the group's LoRA routes
+
+
 def _build_group(group: str, force: bool) -> dict[str, Any]:
     # The build sequence every stack runs (stack/build.py); imported here: torch and export/ live in containers only.
     from stack.build import BuildDirs, build
@@ -394,12 +406,12 @@ def _build_group(group: str, force: bool) -> dict[str, Any]:
     require_pinned(plan)
     _log(group, f"building {', '.join(plan.checkpoints)} (+ LoRAs: {', '.join(plan.loras) or 'none'})")
     done = build(
-        BuildDirs.under(dirs.root, checkpoints=Path(CHECKPOINTS_DIR)),
+        BuildDirs.under(dirs.root, checkpoints=Path(CHECKPOINTS_DIR), loras=Path(LORAS_DIR)),
         checkpoints=plan.checkpoints,
         mode="hub",
         profile="gpu",
         force=force,
-        after_checkpoints=checkpoints_volume.commit,  # tens of GB: keep them even if a later step fails
+        after_checkpoints=_commit_checkpoints,  # tens of GB: keep them even if a later step fails
         before_engines=require_matching_tensorrt,
         after_engines=engines_volume.commit,
     )
@@ -767,18 +779,38 @@ def build_z_image(force: bool = False, allow_unpinned: bool = False) -> dict[str
     return build_group("z-image", force=force, allow_unpinned=allow_unpinned)
 
 
+@app.cls(**serving_options("lora"))
+@modal.concurrent(**concurrency("lora"))
+class LoraServer(GroupServer):
+    """Triton + the API for the lora group's routes."""
+
+    group = "lora"
+
+    @modal.asgi_app(label=web_label("lora"))
+    def web(self) -> FastAPI:
+        return self.web_app
+
+
+@app.function(**BUILD_OPTIONS)
+def build_lora(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """Download, export, build engines and lay out the model repository of the lora group."""
+    return build_group("lora", force=force, allow_unpinned=allow_unpinned)
+
+
 # Group -> its serving class and build function, as the smoke test and the tests look them up.
 SERVING_CLASSES: dict[str, modal.Cls] = {
     "flux": FluxServer,
     "qwen-image": QwenImageServer,
     "qwen-edit": QwenEditServer,
     "z-image": ZImageServer,
+    "lora": LoraServer,
 }
 BUILD_FUNCTIONS: dict[str, modal.Function] = {
     "flux": build_flux,
     "qwen-image": build_qwen_image,
     "qwen-edit": build_qwen_edit,
     "z-image": build_z_image,
+    "lora": build_lora,
 }
 
 # ## Smoke test against the deployed endpoint

@@ -163,7 +163,9 @@ def inject(module: torch.nn.Module, lora_file: Path, pipeline_class_name: str, a
         raise LoraMismatch(field, f"{field}: DoRA LoRAs (lora_magnitude_vector) are not served")
     targets = {k.removeprefix(f"{prefix}.").removesuffix(s) for k in keys for s in _SUFFIXES if k.endswith(s)}
     try:
-        module.load_lora_adapter(state_dict, prefix=prefix, adapter_name=adapter, metadata=metadata)
+        module.load_lora_adapter(
+            state_dict, prefix=prefix, adapter_name=adapter, metadata=metadata, low_cpu_mem_usage=True
+        )
     except (ValueError, RuntimeError) as exc:  # no such modules (PEFT), or shapes of another model size
         _unload(module)
         if "not found in the base model" in str(exc):

@@ -70,7 +70,7 @@ class LoraStore:
                 raise UnsafeLora(field, f"{field}: {name} does not resolve to a file inside the LoRA store")
             check_safetensors(real, field)
             return real
-        raise LoraNotFound(field, names)
+        raise LoraNotFound(field, tuple(file_name(n, field) for n in names))
 
     def by_id(self, lora_id: str, prefix: str | None) -> Path:
         return self.find(candidates(lora_id, prefix), "lora_id")

@@ -57,30 +57,31 @@ class OnnxLoras:
         self.last = self.sessions.get(loras.key, lambda: self._build(loras))
         return self.last.session
 
-    def _base_weight(self, name: str, lora_field: str) -> torch.Tensor:
-        index = self._index.get(ADAPTER_PREFIX + name)
-        if index is None:  # a module the exported graph folded away or does not hold
-            raise LoraMismatch(lora_field, f"{lora_field}: adapts {name}, which the served graph does not hold")
-        return torch.from_numpy(numpy_helper.to_array(self.model.graph.initializer[index]).copy())
-
     def merged_model(self, loras: LoraSet) -> tuple[bytes, tuple[str, ...]]:
-        """The serialized model with `loras` merged (from the base weights), and the initializers it changed."""
+        """The serialized model with `loras` merged (from the base weights), and the initializers it changed.
+
+        A weight the export pruned (a module whose output the model discards, like the last block's text-stream
+        projection) changes nothing in diffusers either and is skipped; a LoRA none of whose weights the graph
+        holds is refused."""
         updates = self.reader.updates(loras)
-        owner: dict[str, str] = {}  # weight -> the field of the first LoRA adapting it, for errors
         for f in loras.files:
-            for module in self.reader.read(f):
-                owner.setdefault(f"{module}.weight", f.field)
-                owner.setdefault(f"{module}.bias", f.field)
-        base = {name: self._base_weight(name, owner[name]) for name in updates}
+            names = {f"{module}.{kind}" for module in self.reader.read(f) for kind in ("weight", "bias")}
+            if not any(ADAPTER_PREFIX + n in self._index for n in names & set(updates)):
+                raise LoraMismatch(f.field, f"{f.field}: adapts nothing the served graph holds")
+        held = {name: terms for name, terms in updates.items() if ADAPTER_PREFIX + name in self._index}
         initializers = self.model.graph.initializer
+        base = {
+            name: torch.from_numpy(numpy_helper.to_array(initializers[self._index[ADAPTER_PREFIX + name]]).copy())
+            for name in held
+        }
         originals: dict[int, onnx.TensorProto] = {}
         try:
-            for name, weight in merged(base, updates):
+            for name, weight in merged(base, held):
                 index = self._index[ADAPTER_PREFIX + name]
                 originals[index] = onnx.TensorProto()
                 originals[index].CopyFrom(initializers[index])
                 initializers[index].CopyFrom(numpy_helper.from_array(weight.numpy(), ADAPTER_PREFIX + name))
-            return self.model.SerializeToString(), tuple(sorted(ADAPTER_PREFIX + n for n in updates))
+            return self.model.SerializeToString(), tuple(sorted(ADAPTER_PREFIX + n for n in held))
         finally:  # the held model stays the base one
             for index, original in originals.items():
                 initializers[index].CopyFrom(original)

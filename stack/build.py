@@ -41,7 +41,7 @@ class BuildDirs:
     loras: Path  # the LoRA store (RYLA_LORA_STORE) the local stack serves lora_id / lora_name from
 
     @classmethod
-    def under(cls, root: Path, checkpoints: Path | None = None) -> BuildDirs:
+    def under(cls, root: Path, checkpoints: Path | None = None, loras: Path | None = None) -> BuildDirs:
         root = Path(root)
         return cls(
             checkpoints=Path(checkpoints) if checkpoints is not None else root / "checkpoints",
@@ -49,7 +49,7 @@ class BuildDirs:
             plans=root / "plans",
             repository=root / "model_repository",
             backends=root / "backends",
-            loras=root / "loras",
+            loras=Path(loras) if loras is not None else root / "loras",
         )
 
 

@@ -35,3 +35,25 @@ def flux_onnx_dir(tiny_checkpoint_dirs: dict[str, Path]) -> Path:
     family = EXPORT_FAMILY
     export_family(family, {c.key: tiny_checkpoint_dirs[c.key] for c in checkpoints_of(family)}, TEST_ONNX)
     return TEST_ONNX
+
+
+@pytest.fixture()
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Fails the test on any connection to an address outside loopback (a LoRA URL the rules should have refused);
+    yields the loopback addresses connected to."""
+    import ipaddress
+    import socket
+
+    connected: list[object] = []
+    connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = str(address[0]).split("%", 1)[0]  # type: ignore[index]
+            if not ipaddress.ip_address(host).is_loopback:
+                pytest.fail(f"a test connected to {address}: only 127.0.0.1 may be a target")
+            connected.append(address)
+        return connect(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    return connected

@@ -23,6 +23,7 @@ from loras.store import UnsafeLora
 from loras.urls import UnsafeUrl, check_address
 
 HOST = "loras.test"
+pytestmark = pytest.mark.usefixtures("loopback_only")  # no connection leaves this machine's loopback
 LORA = save({"lora_unet_x.lora_down.weight": np.arange(32, dtype=np.float32).reshape(4, 8)})
 
 

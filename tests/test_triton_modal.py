@@ -128,9 +128,10 @@ def test_serving_resources_come_from_the_registry(group: str) -> None:
         "/vol/checkpoints": "ryla-checkpoints",
         "/vol/engines": "ryla-engines",
         "/vol/compile-cache": "ryla-compile-cache",
+        "/vol/loras": "ryla-loras",
     }
-    # Weights and engines are read, never written, when serving; only the compile caches grow.
-    assert {str(p) for p in triton_modal.READ_ONLY_WHEN_SERVING} == {"/vol/checkpoints", "/vol/engines"}
+    # Weights, engines and LoRAs are read, never written, when serving; only the compile caches grow.
+    assert {str(p) for p in triton_modal.READ_ONLY_WHEN_SERVING} == {"/vol/checkpoints", "/vol/engines", "/vol/loras"}
 
 
 def test_serving_lifecycle_is_snapshot_enter_exit() -> None:
@@ -144,12 +145,13 @@ def test_serving_lifecycle_is_snapshot_enter_exit() -> None:
 
 
 @pytest.mark.parametrize("group", GROUPS_WITH_ROUTES)
-def test_build_functions_run_on_a_gpu_with_both_volumes_writable(group: str) -> None:
+def test_build_functions_run_on_a_gpu_with_their_volumes_writable(group: str) -> None:
     info = triton_modal.BUILD_FUNCTIONS[group].info()  # Modal's public view of the function as defined
     assert info.gpus == [("H100", 1)] and info.timeout == triton_modal.BUILD_TIMEOUT_S
     assert {path: (v.name, v.read_only) for path, v in info.volumes.items()} == {
         "/vol/checkpoints": ("ryla-checkpoints", False),
         "/vol/engines": ("ryla-engines", False),
+        "/vol/loras": ("ryla-loras", False),  # the sample LoRAs of LoRA routes
     }
     assert info.secrets == ["modal.Secret.from_name('ryla-hf-token')"]
 
@@ -250,10 +252,11 @@ def test_build_lays_out_the_gpu_repository(monkeypatch: pytest.MonkeyPatch, tmp_
 
     resolve_tiny = source.resolve
     monkeypatch.setattr(build, "resolve", lambda key, mode, root, path=None: resolve_tiny(key, "tiny", tiny_root))
-    volumes = {name: _OfflineVolume() for name in ("checkpoints_volume", "engines_volume")}
+    volumes = {name: _OfflineVolume() for name in ("checkpoints_volume", "engines_volume", "loras_volume")}
     for name, volume in volumes.items():
         monkeypatch.setattr(triton_modal, name, volume)
     monkeypatch.setattr(triton_modal, "ENGINES_DIR", tmp_path)
+    monkeypatch.setattr(triton_modal, "LORAS_DIR", tmp_path / "loras")
     monkeypatch.delenv(ALLOW_UNPINNED_ENV, raising=False)
 
     plan = triton_modal.group_plan(group)
@@ -267,6 +270,7 @@ def test_build_lays_out_the_gpu_repository(monkeypatch: pytest.MonkeyPatch, tmp_
     assert all("KIND_GPU" in (repository / m / "config.pbtxt").read_text() for m in plan.models)
     assert (tmp_path / group / "build.json").is_file() and record["engines"] == {}  # torch on the GPU: no plans
     assert volumes["checkpoints_volume"].commits == 1 and volumes["engines_volume"].commits == 1
+    assert volumes["loras_volume"].commits == 1
 
 
 def test_gpu_dependencies_follow_pyproject() -> None:
