@@ -125,9 +125,7 @@ def test_switching_a_b_a_and_the_base_model_give_each_its_own_bytes(client: http
     assert len({base_1, a_1, b_1}) == 3
 
 
-def test_requests_with_different_loras_sent_together_each_get_their_own(
-    api_url: str, second_loras, stack_dirs
-) -> None:
+def test_requests_with_different_loras_sent_together_each_get_their_own(api_url: str, second_loras, stack_dirs) -> None:
     path = "/flux-lora"
     bodies = {
         "a": (path, _body(path, seed=6)),
