@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from registry.spec import (
     AppGroup,
     Checkpoint,
@@ -107,6 +109,19 @@ FLUX = Family(
     ),
 )
 
+FLUX_DEV = Route(
+    path="/flux-dev",
+    group="flux",
+    checkpoint="flux-dev",
+    task=Task.TEXT_TO_IMAGE,
+    steps=28,
+    cfg=3.5,
+    width=1024,
+    height=1024,
+    summary="FLUX.1-dev: quality text to image",
+    timeout_s=120.0,
+)
+
 DECLARATION = Declaration(
     families=(FLUX,),
     checkpoints=(
@@ -143,30 +158,10 @@ DECLARATION = Declaration(
             summary="FLUX.1-schnell: fast text to image",
             timeout_s=60.0,
         ),
-        Route(
-            path="/flux-dev",
-            group="flux",
-            checkpoint="flux-dev",
-            task=Task.TEXT_TO_IMAGE,
-            steps=28,
-            cfg=3.5,
-            width=1024,
-            height=1024,
-            summary="FLUX.1-dev: quality text to image",
-            timeout_s=120.0,
-        ),
-        Route(
-            path="/flux-lora",
-            group="lora",
-            checkpoint="flux-dev",
-            task=Task.TEXT_TO_IMAGE,
-            steps=28,
-            cfg=3.5,
-            width=1024,
-            height=1024,
-            summary="FLUX.1-dev + character LoRAs, applied per request",
-            timeout_s=120.0,
-            lora=True,
+        FLUX_DEV,
+        # The base route plus api.md's LoRA fields, in an app group (a container) of its own.
+        replace(
+            FLUX_DEV, path="/flux-lora", group="lora", summary="FLUX.1-dev + character LoRAs, per request", lora=True
         ),
     ),
 )

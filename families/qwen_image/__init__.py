@@ -5,6 +5,8 @@ every profile), the MMDiT transformer with its rotary tables computed by the pip
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from registry.spec import (
     AppGroup,
     Checkpoint,
@@ -201,6 +203,36 @@ ASPECT_RATIOS = (
     ("2:3", 1056, 1584),
 )
 
+QWEN_IMAGE_2512 = Route(
+    path="/qwen-image-2512",
+    group="qwen-image",
+    checkpoint="qwen-image-2512",
+    task=Task.TEXT_TO_IMAGE,
+    steps=50,
+    cfg=4.0,
+    width=1328,
+    height=1328,
+    summary="Qwen-Image-2512: high-quality text to image",
+    aspect_ratios=ASPECT_RATIOS,
+    timeout_s=180.0,
+    limits=LIMITS,
+)
+
+QWEN_EDIT_2511 = Route(
+    path="/qwen-image-edit-2511",
+    group="qwen-edit",
+    checkpoint="qwen-image-edit-2511",
+    task=Task.EDIT,
+    steps=40,
+    cfg=4.0,
+    width=1024,
+    height=1024,
+    summary="Qwen-Image-Edit-2511: edit source_image by instruction",
+    denoise=0.8,
+    timeout_s=180.0,
+    limits=LIMITS,
+)
+
 DECLARATION = Declaration(
     families=(QWEN_IMAGE, QWEN_EDIT),
     loras=(
@@ -246,20 +278,7 @@ DECLARATION = Declaration(
     ),
     groups=(AppGroup("qwen-image"), AppGroup("qwen-edit")),
     routes=(
-        Route(
-            path="/qwen-image-2512",
-            group="qwen-image",
-            checkpoint="qwen-image-2512",
-            task=Task.TEXT_TO_IMAGE,
-            steps=50,
-            cfg=4.0,
-            width=1328,
-            height=1328,
-            summary="Qwen-Image-2512: high-quality text to image",
-            aspect_ratios=ASPECT_RATIOS,
-            timeout_s=180.0,
-            limits=LIMITS,
-        ),
+        QWEN_IMAGE_2512,
         Route(
             path="/qwen-image-2512-fast",
             group="qwen-image",
@@ -274,48 +293,19 @@ DECLARATION = Declaration(
             timeout_s=60.0,
             limits=LIMITS,
         ),
-        Route(
+        # The base route plus api.md's LoRA fields.
+        replace(
+            QWEN_IMAGE_2512,
             path="/qwen-image-2512-lora",
-            group="qwen-image",
-            checkpoint="qwen-image-2512",
-            task=Task.TEXT_TO_IMAGE,
-            steps=50,
-            cfg=4.0,
-            width=1328,
-            height=1328,
-            summary="Qwen-Image-2512 + character LoRAs, applied per request",
-            aspect_ratios=ASPECT_RATIOS,
-            timeout_s=180.0,
-            limits=LIMITS,
+            summary="Qwen-Image-2512 + character LoRAs, per request",
             lora=True,
         ),
-        Route(
-            path="/qwen-image-edit-2511",
-            group="qwen-edit",
-            checkpoint="qwen-image-edit-2511",
-            task=Task.EDIT,
-            steps=40,
-            cfg=4.0,
-            width=1024,
-            height=1024,
-            summary="Qwen-Image-Edit-2511: edit source_image by instruction",
-            denoise=0.8,
-            timeout_s=180.0,
-            limits=LIMITS,
-        ),
-        Route(
+        QWEN_EDIT_2511,
+        # The base route plus api.md's LoRA fields.
+        replace(
+            QWEN_EDIT_2511,
             path="/qwen-image-edit-lora",
-            group="qwen-edit",
-            checkpoint="qwen-image-edit-2511",
-            task=Task.EDIT,
-            steps=40,
-            cfg=4.0,
-            width=1024,
-            height=1024,
             summary="Qwen-Image-Edit-2511 + character LoRAs: edit source_image by instruction",
-            denoise=0.8,
-            timeout_s=180.0,
-            limits=LIMITS,
             lora=True,
         ),
         Route(

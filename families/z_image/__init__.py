@@ -4,6 +4,8 @@ tables computed by the pipeline process (adapters.py, proxies.py), and FLUX's VA
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from registry.spec import (
     AppGroup,
     Checkpoint,
@@ -108,6 +110,19 @@ NO_IDENTITY = (
     "or /flux-pulid."
 )
 
+Z_IMAGE_SIMPLE = Route(
+    path="/z-image-simple",
+    group="z-image",
+    checkpoint="z-image-turbo",
+    task=Task.TEXT_TO_IMAGE,
+    steps=8,
+    cfg=0.0,
+    width=1024,
+    height=1024,
+    summary="Z-Image-Turbo: fast text to image (8 steps)",
+    timeout_s=60.0,
+)
+
 DECLARATION = Declaration(
     families=(Z_IMAGE,),
     checkpoints=(
@@ -124,18 +139,7 @@ DECLARATION = Declaration(
     ),
     groups=(AppGroup("z-image"),),
     routes=(
-        Route(
-            path="/z-image-simple",
-            group="z-image",
-            checkpoint="z-image-turbo",
-            task=Task.TEXT_TO_IMAGE,
-            steps=8,
-            cfg=0.0,
-            width=1024,
-            height=1024,
-            summary="Z-Image-Turbo: fast text to image (8 steps)",
-            timeout_s=60.0,
-        ),
+        Z_IMAGE_SIMPLE,
         # The product's second Z-Image preset: the same model (one pipeline model serves both), its own defaults.
         Route(
             path="/z-image-danrisi",
@@ -149,18 +153,9 @@ DECLARATION = Declaration(
             summary="Z-Image-Turbo, Danrisi preset: the same model as /z-image-simple, its own defaults",
             timeout_s=60.0,
         ),
-        Route(
-            path="/z-image-lora",
-            group="z-image",
-            checkpoint="z-image-turbo",
-            task=Task.TEXT_TO_IMAGE,
-            steps=8,
-            cfg=0.0,
-            width=1024,
-            height=1024,
-            summary="Z-Image-Turbo + character LoRAs, applied per request",
-            timeout_s=60.0,
-            lora=True,
+        # The base route plus api.md's LoRA fields.
+        replace(
+            Z_IMAGE_SIMPLE, path="/z-image-lora", summary="Z-Image-Turbo + character LoRAs, per request", lora=True
         ),
     ),
     unsupported=(
