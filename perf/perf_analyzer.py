@@ -156,11 +156,24 @@ def run_component(
     request_count: int = 3,
     timeout_s: float = 300.0,
 ) -> dict[str, float]:
-    """perf_analyzer on one component model with random inputs of the given dim sizes (e.g. one transformer step)."""
+    """perf_analyzer on one component model with random inputs of the given dim sizes (e.g. one transformer step).
+    The inputs go as a JSON file, not perf_analyzer's `random`, which would fill optional inputs too (a `lora`
+    component's LORAS: left out, the base weights run)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     shapes = component_shapes(component, onnx_path, sizes)
-    data_args = ["--input-data", "random", *(f"--shape={n}:{','.join(map(str, s))}" for n, s in shapes.items())]
-    return _measure(component.triton_model, url, work_dir, data_args, concurrency, request_count, timeout_s)
+    rng = np.random.default_rng(0)
+    dtypes = {spec.name: spec.dtype for spec in component.inputs}
+
+    def tensor(name: str, shape: list[int]) -> dict:
+        count = int(np.prod(shape))
+        content = rng.standard_normal(count).tolist() if dtypes[name] == "FP32" else [1] * count  # masks: all kept
+        return {"content": content, "shape": shape}
+
+    data = work_dir / "component_input.json"
+    data.write_text(json.dumps({"data": [{name: tensor(name, shape) for name, shape in shapes.items()}]}))
+    return _measure(
+        component.triton_model, url, work_dir, ["--input-data", str(data)], concurrency, request_count, timeout_s
+    )
 
 
 def _is_number(text: str) -> bool:

@@ -4,6 +4,7 @@ stack is built from too (stack_fixtures.py: a real Triton and the API), so each 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,25 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
     return connected
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lora_store() -> Iterator[Path]:
+    """The LoRA store every API of the suite reads (RYLA_LORA_STORE, also for the apps made in process), holding the
+    sample LoRA of each LoRA route that the routes' sample requests name (stack.build.write_sample_loras)."""
+    import os
+
+    from checkpoints import resolve
+    from registry import ROUTES
+    from stack.build import BuildDirs, write_sample_loras
+
+    store = BuildDirs.under(STACK_DIR).loras
+    checkpoints = {r.checkpoint for r in ROUTES.values() if r.lora}
+    write_sample_loras(store, {key: resolve(key, "tiny", TEST_CHECKPOINTS) for key in checkpoints})
+    previous = os.environ.get("RYLA_LORA_STORE")
+    os.environ["RYLA_LORA_STORE"] = str(store)
+    yield store
+    if previous is None:
+        os.environ.pop("RYLA_LORA_STORE", None)
+    else:
+        os.environ["RYLA_LORA_STORE"] = previous

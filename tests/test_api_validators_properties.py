@@ -158,7 +158,7 @@ def wrong_type(f: Field, route: Route, value: Any) -> bool:
     """Whether `value` is of a JSON type that `f` never takes (strict: 5.0 is no integer, true no number)."""
     if value is None:
         return not nullable(f, route)
-    if f.items is not None:
+    if f.items is not None or f.kind is Kind.LORAS:
         return not isinstance(value, list)
     if f.kind is Kind.INTEGER:
         return not isinstance(value, int) or isinstance(value, bool)

@@ -1,9 +1,9 @@
 """Per-request LoRAs through the whole stack (HTTP -> api/ -> a real Triton -> the components), against plain
 diffusers' `load_lora_weights` + `set_adapters` on the same tiny checkpoints (each family's reference.py): two LoRAs
-stacked at their strengths with a trigger word, on every LoRA route; lora_id looked up in api.md's order; a LoRA in
-another layout (Qwen-Image-Lightning's lora_down / lora_up); switching A -> B -> A and back to the base model, byte
-for byte; requests with different LoRAs sent together each getting their own; LoRAs that match nothing refused.
-(The single sample LoRA of each route: tests/contract/test_routes.py.)"""
+stacked at their strengths with a trigger word, on every LoRA route; lora_id looked up in api.md's order; LoRAs in
+other layouts (Qwen-Image-Lightning's, kohya's FLUX names) as diffusers converts them; switching A -> B -> A and
+back to the base model, byte for byte; requests with different LoRAs sent together each getting their own; LoRAs
+that match nothing refused. (The single sample LoRA of each route: tests/contract/test_routes.py.)"""
 
 from __future__ import annotations
 
@@ -162,3 +162,34 @@ def test_loras_that_match_nothing_in_the_model_are_422_naming_the_field(
     r = client.post("/flux-lora", json=_body("/flux-lora", loras=[{"name": foreign, "scale": 1.0}]))
     assert (r.status_code, r.json()["error"]["field"]) == (422, "loras[0].name"), r.text
     assert client.post("/flux-lora", json=_body("/flux-lora")).status_code == 200  # and the route serves on
+
+
+def _kohya_flux_lora(module_dir: Path, out: Path, rank: int = 2) -> Path:
+    """A LoRA in kohya's layout of the original FLUX names (fused img/txt QKV, lora_down / lora_up, an alpha that is
+    not the rank), the layout most FLUX character LoRAs are trained in; diffusers splits and renames it."""
+    import json
+
+    config = json.loads((module_dir / "config.json").read_text())
+    inner = config["attention_head_dim"] * config["num_attention_heads"]
+    g = torch.Generator().manual_seed(11)
+    tensors = {}
+    for stream in ("img", "txt"):
+        for name, rows in ((f"{stream}_attn_qkv", 3 * inner), (f"{stream}_attn_proj", inner)):
+            key = f"lora_unet_double_blocks_0_{name}"
+            tensors[f"{key}.lora_down.weight"] = torch.randn(rank, inner, generator=g) * 0.4
+            tensors[f"{key}.lora_up.weight"] = torch.randn(rows, rank, generator=g) * 0.4
+            tensors[f"{key}.alpha"] = torch.tensor(float(rank) / 2)
+    save_file(tensors, str(out))
+    return out
+
+
+def test_a_kohya_layout_lora_is_served_as_diffusers_converts_it(client: httpx.Client, stack_dirs) -> None:
+    path = "/flux-lora"
+    _kohya_flux_lora(_module_dir(stack_dirs, path), _store(stack_dirs) / "test-kohya-flux.safetensors")
+    body = _body(path, lora_name="test-kohya-flux", lora_strength=1.2)
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    served = decode(r.content)
+    assert max_diff(served, _reference(stack_dirs, path, body)) <= MAX_PIXEL_DIFF
+    base = {k: v for k, v in body.items() if k not in ("lora_name", "lora_strength")}
+    assert max_diff(served, decode(client.post(BASE_OF[path], json=base).content)) > 8

@@ -50,7 +50,8 @@ def test_the_chat_template_counts_against_the_token_limit(client: httpx.Client, 
 def test_the_danrisi_preset_shares_the_model(client: httpx.Client) -> None:
     rows = {row["path"]: row for row in client.get("/v1/models").json()["data"]}
     simple, danrisi = rows["/z-image-simple"], rows["/z-image-danrisi"]
-    assert simple["shares_model_with"] == ["/z-image-danrisi"] and danrisi["shares_model_with"] == ["/z-image-simple"]
+    assert simple["shares_model_with"] == ["/z-image-danrisi", "/z-image-lora"]
+    assert danrisi["shares_model_with"] == ["/z-image-simple", "/z-image-lora"]
     assert simple["triton_model"] == danrisi["triton_model"] == "z_image_pipeline"
     assert simple["checkpoint"] == danrisi["checkpoint"] == "z-image-turbo"
     assert rows["/flux"]["shares_model_with"] == []
