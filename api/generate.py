@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from registry import Kind, Route, UnsupportedRoute, pipeline_model_of
+from registry import Kind, Route, UnsupportedRoute, pipeline_model_of, task_of
 from registry.tasks import MAX_SEED
 
 from .cancellation import unless_client_leaves
@@ -26,6 +26,8 @@ from .media import MediaLimits, check_same_size, decode_image_array
 from .schemas import GenerationAnswer, RequestBody, request_model
 from .state import ApiState, Backend, State
 from .triton_client import PipelineResult
+from .video_encoding import MIME_TYPES as VIDEO_MIMES
+from .video_encoding import encode_video
 
 RESPONSE_HEADERS = {
     "x-cost-usd": "GPU seconds held (the Triton round trip) x the price per second of x-gpu-type, 6 decimals",
@@ -35,6 +37,7 @@ RESPONSE_HEADERS = {
     "x-seed": "The seed used (drawn at random when the request had none)",
     "x-model": "The checkpoint that served the request",
     "x-cold-start": "true for this process's first generation",
+    "x-frames": "A video's frame count (video routes)",
     "server-timing": "Where the time went: queue, triton (round trip), pipeline (inside Triton), encode, api",
 }
 
@@ -109,7 +112,10 @@ class Timings:
 
 
 def _encode_all(result: PipelineResult, body: RequestBody, as_base64: bool) -> list[tuple[bytes, str]]:
-    encoded = [encode_image(px, body.output_format, body.output_quality) for px in result.images]
+    if body.task.output.kind == "video":  # N x F x H x W x 3: one clip per item
+        encoded = [encode_video(clip, body.output_format, body.output_quality, body.fps) for clip in result.images]
+    else:
+        encoded = [encode_image(px, body.output_format, body.output_quality) for px in result.images]
     return [(base64.b64encode(data) if as_base64 else data, mime) for data, mime in encoded]
 
 
@@ -123,6 +129,7 @@ def _answer(
     cold_start: bool,
     timings: Timings,
     as_json: bool,
+    fps: int | None = None,  # a video's
 ) -> Response:
     gpu_type = state.settings.gpu_type
     cost = result.triton_s * state.settings.price
@@ -135,19 +142,32 @@ def _answer(
         "x-cold-start": "true" if cold_start else "false",
         "server-timing": timings.server_timing(),
     }
+    video = result.images.ndim == 5
+    if video:
+        headers["x-frames"] = str(result.images.shape[1])
     if not as_json:
         data, mime = encoded[0]
         return Response(content=data, media_type=mime, headers=headers)
-    height, width = (int(d) for d in result.images.shape[1:3])
+    height, width = (int(d) for d in result.images.shape[-3:-1])
+    pixels: dict[str, Any]
+    if video:
+        data, mime = encoded[0]
+        frames = int(result.images.shape[1])
+        block = {"mime_type": mime, "width": width, "height": height, "num_frames": frames, "fps": fps}
+        pixels = {"video": {**block, "data": data.decode("ascii")}}
+    else:
+        pixels = {
+            "images": [
+                {"mime_type": mime, "width": width, "height": height, "data": data.decode("ascii")}
+                for data, mime in encoded
+            ]
+        }
     content = {
         "request_id": request.state.request_id,
         "route": route.path,
         "model": result.model,
         "seed": seed,
-        "images": [
-            {"mime_type": mime, "width": width, "height": height, "data": data.decode("ascii")}
-            for data, mime in encoded
-        ],
+        **pixels,
         "timings": {
             "queue_s": round(timings.queue_s, 4),
             "inference_s": round(result.triton_s, 4),
@@ -167,7 +187,7 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
     async def generate(request: Request, body: model_cls, state: State, backend: Backend) -> Response:  # type: ignore[valid-type]
         arrival: float = request.state.arrival
         as_json = wants_json(request)
-        if body.num_images > 1 and not as_json:
+        if getattr(body, "num_images", 1) > 1 and not as_json:
             raise ApiError(422, "num_images > 1 needs `Accept: application/json`", field="num_images")
         # secrets, not random: a seed nobody can predict from earlier answers.
         seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
@@ -199,7 +219,8 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
             state.metrics.stage.labels(route=route.path, stage=stage).observe(getattr(timings, f"{stage}_s"))
         if cold_start:
             state.metrics.cold_start.set(time.time() - state.started)
-        return _answer(request, route, state, result, encoded, seed, cold_start, timings, as_json)
+        fps = getattr(body, "fps", None)
+        return _answer(request, route, state, result, encoded, seed, cold_start, timings, as_json, fps)
 
     generate.__name__ = "generate_" + route.path.strip("/").replace("-", "_").replace(".", "_")
     generate.__doc__ = (
@@ -211,7 +232,8 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
 
 def openapi_of(route: Route) -> dict[str, Any]:
     """add_api_route keywords that document a generating route: its answers, headers and errors."""
-    mimes = sorted({mime for _, mime in IMAGE_FORMATS.values()})
+    video = task_of(route).output.kind == "video"
+    mimes = sorted(set(VIDEO_MIMES.values()) if video else {mime for _, mime in IMAGE_FORMATS.values()})
     return {
         "summary": route.summary,
         "tags": [route.group],

@@ -50,6 +50,17 @@ class LoraItem(BaseModel):
         return self
 
 
+def _remainder(multiple: int, remainder: int) -> AfterValidator:
+    """value % multiple == remainder (num_frames is 4k+1), which JSON Schema's multipleOf cannot say."""
+
+    def check(value: int) -> int:
+        if value % multiple != remainder:
+            raise ValueError(f"must be {multiple}k+{remainder}, e.g. {value - (value - remainder) % multiple}")
+        return value
+
+    return AfterValidator(check)
+
+
 def _error(name: str, message: str, value: object) -> ValidationError:
     detail = InitErrorDetails(type=PydanticCustomError("conflict", message), loc=(name,), input=value)
     return ValidationError.from_exception_data("RequestBody", [detail])
@@ -69,6 +80,14 @@ class RequestBody(BaseModel):
         for f in self.task.fields_of(self.route):
             if f.sets and getattr(self, f.name) is not None and set(f.sets) & self.model_fields_set:
                 raise _error(f.name, f"conflicts with {'/'.join(f.sets)}: send one or the other", getattr(self, f.name))
+        return self
+
+    @model_validator(mode="after")
+    def _one_name(self) -> RequestBody:
+        # A field sent under both its names (num_frames and length): refuse it, never pick one.
+        for f in self.task.fields_of(self.route):
+            if f.alias_of and {f.name, f.alias_of} <= self.model_fields_set:
+                raise _error(f.name, f"another name of {f.alias_of}: send one or the other", getattr(self, f.name))
         return self
 
     @model_validator(mode="after")
@@ -101,6 +120,8 @@ def _annotation(f: TaskField, route: Route) -> Any:
         if value is not None:
             rules[key] = value
     extra: list[Any] = []
+    if f.remainder:
+        extra.append(_remainder(rules.pop("multiple_of"), f.remainder))
     if f.kind is Kind.TEXT:
         base: Any = str
         if not f.blank_is_none:  # a blank one is read as absent, so "" is valid: the schema must not say otherwise
@@ -163,6 +184,15 @@ class ImageOut(BaseModel):
     data: str = Field(description="base64 of the encoded image")
 
 
+class VideoOut(BaseModel):
+    mime_type: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    data: str = Field(description="base64 of the encoded video")
+
+
 class TimingsOut(BaseModel):
     queue_s: float = Field(description="Waiting for a slot of the route's app group")
     inference_s: float = Field(description="The Triton round trip")
@@ -176,7 +206,8 @@ class GenerationAnswer(BaseModel):
     route: str
     model: str
     seed: int
-    images: list[ImageOut]
+    images: list[ImageOut] | None = Field(default=None, description="Image routes' answer")
+    video: VideoOut | None = Field(default=None, description="Video routes' answer")
     timings: TimingsOut
     cold_start: bool
     cost_usd: float

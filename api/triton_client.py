@@ -40,7 +40,7 @@ _UNAVAILABLE_TEXT = ("is not found", "no available versions", "is not ready", "f
 
 @dataclass(frozen=True)
 class PipelineResult:
-    images: np.ndarray  # N x H x W x 3 uint8
+    images: np.ndarray  # N x H x W x 3 uint8; a video's N x F x H x W x 3
     model: str  # the checkpoint label that served it
     pipeline_s: float  # inside the pipeline model
     triton_s: float  # the whole round trip: network, Triton's queue, the pipeline
@@ -120,11 +120,12 @@ class TritonBackend:
         except TimeoutError:
             raise ApiError(504, "the generation ran past the route's time limit and was cancelled") from None
         triton_s = time.perf_counter() - t0
-        images = result.as_numpy("IMAGES")
-        if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        pixels = task.output.tensors[0]  # IMAGES (N x H x W x 3), or a video's FRAMES (N x F x H x W x 3)
+        images = result.as_numpy(pixels.name)
+        if images is None or images.dtype != np.uint8 or images.ndim != len(pixels.dims) or images.shape[-1] != 3:
             shape = None if images is None else (images.dtype, images.shape)
-            log.error("request %s: model %s answered IMAGES %r", request_id or "-", model, shape)
-            raise ApiError(500, "the model answered malformed images")
+            log.error("request %s: model %s answered %s %r", request_id or "-", model, pixels.name, shape)
+            raise ApiError(500, f"the model answered malformed {task.output.kind}")
         return PipelineResult(
             images=images,
             model=result.as_numpy("MODEL").tobytes().decode(),

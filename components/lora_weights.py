@@ -27,7 +27,7 @@ ADAPTER = "request"  # transient: injected into the skeleton, read, then unloade
 _SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".lora_magnitude_vector")
 
 # The linears a sample LoRA adapts: every attention block's query, key, value and output projections.
-_ATTENTION = re.compile(r".*\.(attn|attention)\.(to_q|to_k|to_v|to_out\.0)")
+_ATTENTION = re.compile(r".*\.(attn|attention|attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)")  # attn1/attn2: Wan
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -51,11 +53,24 @@ class ParityError(ExportError):
     pass
 
 
-def dynamic_shapes(component: Component, family: Family) -> tuple[dict[int, torch.export.Dim], ...]:
+def dynamic_shapes(component: Component, family: Family) -> tuple[dict[int, Any], ...]:
     """torch.export dims for every symbolic axis with the registry's range; one Dim object per name, so axes that
-    share a name (batch, image_tokens, t5_tokens) are tied together."""
-    dims = {d.name: torch.export.Dim(d.name, min=d.min, max=d.max) for d in family.dims}
+    share a name (batch, image_tokens, t5_tokens) are tied together, and a derived dim (Dim.of) is its base's
+    multiple."""
+    dims: dict[str, Any] = {d.name: torch.export.Dim(d.name, min=d.min, max=d.max) for d in family.dims if not d.of}
+    for d in family.dims:
+        if d.of:
+            base, factor = d.of
+            dims[d.name] = factor * dims[base]
     return tuple({axis: dims[d] for axis, d in enumerate(spec.dims) if isinstance(d, str)} for spec in component.inputs)
+
+
+def _as_arguments(module: torch.nn.Module, shapes: tuple) -> tuple:
+    """`shapes` in the structure of the module's forward: trailing inputs that land in its `*args` are one tuple
+    to torch.export (a VAE step's caches)."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    return shapes if star is None else (*shapes[:star], tuple(shapes[star:]))
 
 
 def _check_dynamic_inputs(program: torch.onnx.ONNXProgram, component: Component) -> None:
@@ -75,12 +90,14 @@ def _check_dynamic_inputs(program: torch.onnx.ONNXProgram, component: Component)
                 )
 
 
-def _name_output_dims(program: torch.onnx.ONNXProgram, component: Component) -> None:
-    """Give output axes the registry's names ("height" rather than torch's "8*latent_height"), so the graph reads
-    like the registry's TensorSpecs. Labels only: no value or shape changes."""
+def _name_dims(program: torch.onnx.ONNXProgram, component: Component) -> None:
+    """Give input and output axes the registry's names ("height" rather than torch's "8*latent_height"), so the
+    graph reads like the registry's TensorSpecs. Labels only: no value or shape changes."""
     import onnx_ir as ir
 
-    for value, spec in zip(program.model.graph.outputs, component.outputs, strict=True):
+    graph = program.model.graph
+    pairs = (*zip(graph.inputs, component.inputs, strict=True), *zip(graph.outputs, component.outputs, strict=True))
+    for value, spec in pairs:
         if value.shape is None:
             continue
         value.shape = ir.Shape(
@@ -107,12 +124,12 @@ def export_onnx(
             opset_version=OPSET,
             input_names=[s.name for s in component.inputs],
             output_names=[s.name for s in component.outputs],
-            dynamic_shapes=dynamic_shapes(component, family),
+            dynamic_shapes=_as_arguments(module, dynamic_shapes(component, family)),
             optimize=False,
             verbose=False,
         )
     _check_dynamic_inputs(program, component)
-    _name_output_dims(program, component)
+    _name_dims(program, component)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     program.save(str(out), external_data=size > EXTERNAL_DATA_BYTES)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from registry.spec import Declaration
 
-FOLDERS = ("flux", "qwen_image", "z_image")
+FOLDERS = ("flux", "qwen_image", "z_image", "wan")
 
 
 def declarations() -> dict[str, Declaration]:

@@ -80,7 +80,7 @@ class TritonPythonModel:
                 if self.client.profile:
                     pb_utils.Logger.log_info(f"pipeline {seconds * 1000:.0f} ms; {self.client.take_timings()}")
                 outputs = {
-                    "IMAGES": torch.from_numpy(images),
+                    self.task.output.tensors[0].name: torch.from_numpy(images),  # IMAGES, or a video's FRAMES
                     "MODEL": torch.tensor(list(label.encode()), dtype=torch.uint8),
                     "PIPELINE_S": torch.tensor([seconds], dtype=torch.float32),
                 }

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ from .proxies import ComponentClient, ComponentProxy, proxies_for
 
 
 def _light_components(path: Path, exclude: set[str], accepted: set[str]) -> dict[str, Any]:
-    """The pipeline's modules that stay in this process (tokenizers, processor, scheduler), loaded as
-    from_pretrained would; only those the pipeline class takes (`accepted`).
+    """The pipeline's modules that stay in this process (tokenizers, processor, scheduler) and its config values,
+    loaded as from_pretrained would; only those the pipeline class takes (`accepted`).
 
     The pipeline is then constructed directly: from_pretrained insists that passed modules subclass the classes
     of model_index.json, which our proxies do not.
@@ -43,7 +43,10 @@ def _light_components(path: Path, exclude: set[str], accepted: set[str]) -> dict
     index = json.loads((path / "model_index.json").read_text())
     components: dict[str, Any] = {}
     for name, entry in index.items():
-        if name.startswith("_") or name in exclude or name not in accepted or not isinstance(entry, list):
+        if name.startswith("_") or name in exclude or name not in accepted:
+            continue
+        if not isinstance(entry, list):  # a pipeline config value (WanPipeline's boundary_ratio), as from_pretrained
+            components[name] = entry
             continue
         library, class_name = entry
         if class_name is None:
@@ -118,6 +121,16 @@ def call_arguments(task: Task, values: list[tuple[Field, Any]]) -> dict[str, Any
     return kwargs
 
 
+def _step_callback(progress: Callable[[int, int], None]) -> Callable[..., dict[str, Any]]:
+    """diffusers' callback_on_step_end that reports (step done, steps in all) and changes nothing."""
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        progress(step + 1, int(pipe.num_timesteps))
+        return {}
+
+    return on_step_end
+
+
 class Pipelines:
     """One pipeline per checkpoint of a family, for one task, all sharing the family's component models."""
 
@@ -164,8 +177,11 @@ class Pipelines:
         if count > limit:
             raise InvalidRequest(field, f"{field} is {count} tokens; the text encoder takes at most {limit}")
 
-    def __call__(self, request: PipelineRequest) -> tuple[np.ndarray, str, float]:
-        """Returns the images (N x H x W x 3, uint8), the label of the checkpoint that served them, seconds spent."""
+    def __call__(
+        self, request: PipelineRequest, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[np.ndarray, str, float]:
+        """Returns the images (N x H x W x 3, uint8), the label of the checkpoint that served them, seconds spent.
+        `progress(step, steps)` is called after each denoising step (diffusers' callback_on_step_end)."""
         t0 = time.perf_counter()
         pipe = self.pipelines.get(request.checkpoint)
         if pipe is None:
@@ -198,12 +214,15 @@ class Pipelines:
             raise InvalidRequest("lora_name", f"{request.checkpoint} serves no LoRAs")
         for proxy in targets:  # each of the pipeline's calls to them carries the set
             proxy.loras = loras
+        if progress is not None:
+            kwargs["callback_on_step_end"] = _step_callback(progress)
         try:
             result = pipe(generator=generator, **kwargs)
         finally:
             for proxy in targets:
                 proxy.loras = None
-        pixels = np.asarray(result.images, dtype=np.float32)
+        # Image pipelines answer `images` (N x H x W x 3), video ones `frames` (N x F x H x W x 3).
+        pixels = np.asarray(result.frames if hasattr(result, "frames") else result.images, dtype=np.float32)
         if not np.isfinite(pixels).all():
             raise NonFiniteOutput(f"{type(pipe).__name__} made non-finite pixels")
         # The same rounding as diffusers' numpy_to_pil, so served bytes equal the pipeline's PIL images.

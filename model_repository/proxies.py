@@ -83,7 +83,7 @@ class ComponentProxy(torch.nn.Module):
         return self._device
 
     @contextlib.contextmanager
-    def cache_context(self, name: str) -> Iterator[None]:
+    def cache_context(self, name: str, **state: Any) -> Iterator[None]:
         yield  # caching hooks (FasterCache, etc.) are not applied to served components
 
     def forward(self, *args: Any, **kwargs: Any) -> ComponentOutputs:
@@ -159,12 +159,16 @@ def proxies_for(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, ComponentProxy]:
     """role -> proxy for the pipeline's constructor, of the class the family folder names for its exporter
-    (its proxies.py; ComponentProxy by default); a "vae_encoder" component joins the "vae" proxy."""
+    (its proxies.py; ComponentProxy by default); a "vae_encoder" component joins the "vae" proxy, and a component
+    whose role is "<role>.<part>" joins that role's proxy as its attribute `part` (a VAE decoder's later steps)."""
     classes = hooks(family, "proxies", "PROXIES")
     proxies = {
         role: classes.get(c.exporter, ComponentProxy)(c, checkpoint_dir, client, device, dtype)
         for role, c in components.items()
     }
+    for role in [r for r in proxies if "." in r]:
+        owner, part = role.split(".", 1)
+        setattr(proxies[owner], part, proxies.pop(role))
     encoder = proxies.pop("vae_encoder", None)
     if encoder is not None:
         vae = proxies.get("vae")

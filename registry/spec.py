@@ -18,6 +18,7 @@ class Task(StrEnum):
     TEXT_TO_IMAGE = "text_to_image"
     EDIT = "edit"  # source_image (+ reference_images) edited by an instruction
     INPAINT = "inpaint"  # source_image repainted where mask_image is white
+    TEXT_TO_VIDEO = "text_to_video"
 
 
 class Guidance(StrEnum):
@@ -39,6 +40,13 @@ class Dim:
     min: int
     opt: int
     max: int
+    # A multiple of another dim (base name, factor): the traced graph ties them (a VAE cache at twice the latent's
+    # height), so the exporter is told so; min/opt/max are the base's times the factor.
+    of: tuple[str, int] | None = None
+
+    @classmethod
+    def times(cls, name: str, base: Dim, factor: int) -> Dim:
+        return cls(name, base.min * factor, base.opt * factor, base.max * factor, of=(base.name, factor))
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,11 @@ class Limits:
     max_reference_images: int = 2
     # `loras` items a request may stack on top of its lora_id / lora_name (api.md)
     max_loras: int = 4
+    # Video routes (api.md): num_frames is 4k+1 in this range (the VAE's 4x temporal compression plus the first
+    # frame), fps up to max_fps.
+    min_frames: int = 5
+    max_frames: int = 121
+    max_fps: int = 30
 
 
 @dataclass(frozen=True)
@@ -221,6 +234,8 @@ class Route:
     # Named sizes (api.md `aspect_ratio`): (name, width, height); empty where the route has none.
     aspect_ratios: tuple[tuple[str, int, int], ...] = ()
     denoise: float | None = None  # default of `denoise` on edit and inpaint routes
+    num_frames: int | None = None  # defaults of a video route's num_frames and fps
+    fps: int | None = None
     # A character-LoRA route (api.md `-lora` routes): the LoRA fields, applied per request to the checkpoint's
     # `lora` components.
     lora: bool = False

@@ -23,6 +23,7 @@ from .spec import Route, Task, TensorSpec
 MAX_SEED = 2**32 - 1
 MAX_LORA_SCALE = 2.0  # api.md: lora_strength and each `loras` scale within +-2
 IMAGE_FORMATS = ("png", "jpeg", "webp")  # output_format of image answers (api/encoding.py encodes each)
+VIDEO_FORMATS = ("webp", "mp4")  # of video answers: animated WebP (what the product reads) or H.264 MP4
 
 
 class Kind(StrEnum):
@@ -74,6 +75,7 @@ class Field:
     exclusive_minimum: Any = None  # >
     maximum: Any = None  # <=
     multiple_of: Any = None
+    remainder: int = 0  # with multiple_of: value % multiple_of == remainder (num_frames is 4k+1)
     max_length: Any = None  # characters of a text; values of a list
     choices: Any = ()  # CHOICE: the allowed values, or FromRoute to rows whose first element is the value
     # CHOICE: the fields a row's other elements set (aspect_ratio "16:9" -> width 1664, height 928); sending one of
@@ -85,6 +87,8 @@ class Field:
     token_limit: bool = False  # text whose token count the pipeline model checks against the checkpoint's limit
     same_size_as: str | None = None  # MASK: must have that media field's width and height
     only_if: str | None = None  # present only on routes whose attribute of this name is set (aspect_ratios)
+    # Another name of that field (num_frames' `length`): either may be sent, not both; its value becomes that field's.
+    alias_of: str | None = None
     tensor: TensorSpec | None = None
     keyword: str | None = None
 
@@ -117,7 +121,7 @@ class Output:
     """What a task's pipeline model answers: its response tensors, and the request fields that say how the API
     encodes them."""
 
-    kind: str  # "images": N x H x W x RGB uint8, encoded to the requested image format
+    kind: str  # "images": N x H x W x RGB uint8; "video": N x F x H x W x RGB uint8; encoded as the fields ask
     tensors: tuple[TensorSpec, ...]
     fields: tuple[Field, ...]
 
@@ -177,6 +181,8 @@ class TaskSpec:
         for f in self.fields_of(route):
             if f.sets and values.get(f.name) is not None:
                 values.update(f.presets_of(route)[values[f.name]])
+            if f.alias_of and values.get(f.name) is not None:
+                values[f.alias_of] = values[f.name]
         out: dict[str, Any] = {CHECKPOINT.name: route.checkpoint, LORAS.name: loras}
         for f in self.fields_of(route):
             tensors = f.tensors()
@@ -321,16 +327,6 @@ COMMON: tuple[Field, ...] = (
         maximum=MAX_SEED,
         tensor=TensorSpec("SEED", "INT64", (1,)),
     ),
-    Field(
-        "num_images",
-        Kind.INTEGER,
-        "More than 1 needs `Accept: application/json`",
-        default=1,
-        minimum=1,
-        maximum=FromRoute("limits.max_num_images"),
-        tensor=TensorSpec("NUM_IMAGES", "INT32", (1,)),
-        keyword="num_images_per_prompt",
-    ),
 )
 
 
@@ -370,21 +366,69 @@ LORA_FIELDS: tuple[Field, ...] = (
     ),
 )
 
+# The checkpoint that served an answer (hub id@revision or local path) as UTF-8 bytes. Numeric, not BYTES, so every
+# output can leave the stub by DLPack: with numpy 2 in the stub's environment (the GPU machine) any numpy output fails
+# ("output tensor shape does not match size of output"), DLPack ones pass.
+MODEL = TensorSpec("MODEL", "UINT8", (-1,))
+PIPELINE_S = TensorSpec("PIPELINE_S", "FP32", (1,))  # seconds spent inside the pipeline model
+
 IMAGES = Output(
     "images",
-    tensors=(
-        TensorSpec("IMAGES", "UINT8", (-1, -1, -1, 3)),  # N x H x W x RGB
-        # The checkpoint that served it (hub id@revision or local path) as UTF-8 bytes. Numeric, not BYTES, so
-        # every output can leave the stub by DLPack: with numpy 2 in the stub's environment (the GPU machine) any
-        # numpy output fails ("output tensor shape does not match size of output"), DLPack ones pass.
-        TensorSpec("MODEL", "UINT8", (-1,)),
-        TensorSpec("PIPELINE_S", "FP32", (1,)),  # seconds spent inside the pipeline model
-    ),
+    tensors=(TensorSpec("IMAGES", "UINT8", (-1, -1, -1, 3)), MODEL, PIPELINE_S),  # N x H x W x RGB
     fields=(
         Field("output_format", Kind.CHOICE, "The image format of the answer", default="png", choices=IMAGE_FORMATS),
         Field("output_quality", Kind.INTEGER, "JPEG/WEBP quality", default=95, minimum=1, maximum=100),
+        Field(
+            "num_images",
+            Kind.INTEGER,
+            "More than 1 needs `Accept: application/json`",
+            default=1,
+            minimum=1,
+            maximum=FromRoute("limits.max_num_images"),
+            tensor=TensorSpec("NUM_IMAGES", "INT32", (1,)),
+            keyword="num_images_per_prompt",
+        ),
     ),
 )
+
+VIDEO = Output(
+    "video",
+    tensors=(TensorSpec("FRAMES", "UINT8", (-1, -1, -1, -1, 3)), MODEL, PIPELINE_S),  # N x F x H x W x RGB
+    fields=(
+        Field(
+            "output_format",
+            Kind.CHOICE,
+            "The video format of the answer: animated WebP or H.264 MP4",
+            default="webp",
+            choices=VIDEO_FORMATS,
+        ),
+        Field(
+            "output_quality", Kind.INTEGER, "WebP/MP4 quality; 100 is lossless WebP", default=95, minimum=1, maximum=100
+        ),
+        Field(
+            "fps",
+            Kind.INTEGER,
+            "Frames per second of the answer",
+            default=FromRoute("fps"),
+            minimum=1,
+            maximum=FromRoute("limits.max_fps"),
+        ),
+    ),
+)
+
+
+def _frames(name: str, description: str, **kw: Any) -> Field:
+    return Field(
+        name,
+        Kind.INTEGER,
+        description,
+        minimum=FromRoute("limits.min_frames"),
+        maximum=FromRoute("limits.max_frames"),
+        multiple_of=4,
+        remainder=1,
+        **kw,
+    )
+
 
 TASKS: dict[Task, TaskSpec] = {
     spec.task: spec
@@ -406,6 +450,25 @@ TASKS: dict[Task, TaskSpec] = {
             ),
             output=IMAGES,
             sample={"prompt": "a red fox in the snow"},
+            size_fields=("width", "height"),
+        ),
+        TaskSpec(
+            Task.TEXT_TO_VIDEO,
+            own=(
+                _prompt("prompt", "What to film"),
+                _size("width"),
+                _size("height"),
+                _frames(
+                    "num_frames",
+                    "Frames of the clip: 4k+1",
+                    default=FromRoute("num_frames"),
+                    tensor=TensorSpec("NUM_FRAMES", "INT32", (1,)),
+                    keyword="num_frames",
+                ),
+                _frames("length", "Another name of num_frames (the playground sends it)", alias_of="num_frames"),
+            ),
+            output=VIDEO,
+            sample={"prompt": "a red fox running through the snow"},
             size_fields=("width", "height"),
         ),
         TaskSpec(

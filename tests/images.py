@@ -13,7 +13,15 @@ MAX_PIXEL_DIFF = 2
 
 
 def decode(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    """An answered image as H x W x 3; an animated one (a video answer's WebP) as F x H x W x 3."""
+    image = Image.open(io.BytesIO(data))
+    if getattr(image, "n_frames", 1) == 1:
+        return np.asarray(image.convert("RGB"))
+    frames = []
+    for i in range(image.n_frames):
+        image.seek(i)
+        frames.append(np.asarray(image.convert("RGB")))
+    return np.stack(frames)
 
 
 def max_diff(a: np.ndarray, b: np.ndarray) -> int:

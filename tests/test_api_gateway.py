@@ -155,7 +155,9 @@ def test_openapi_names_every_route_with_its_schema(client: TestClient) -> None:
             f.name for f in task_of(route).own if f.required
         ]
         assert schema["properties"]["steps"]["default"] == route.steps
-        assert {"image/png", "image/jpeg", "image/webp", "application/json"} <= set(op["responses"]["200"]["content"])
+        video = task_of(route).output.kind == "video"
+        mimes = {"image/webp", "video/mp4"} if video else {"image/png", "image/jpeg", "image/webp"}
+        assert {*mimes, "application/json"} <= set(op["responses"]["200"]["content"])
         assert {"x-cost-usd", "x-seed", "x-model"} <= set(op["responses"]["200"]["headers"])
         # Errors are documented as the one envelope, not FastAPI's default validation schema.
         assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")

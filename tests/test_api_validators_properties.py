@@ -85,7 +85,8 @@ def integer_inside(draw: st.DrawFn) -> tuple[str, str, int]:
     path, f = draw(st.sampled_from(INTEGERS))
     route = ROUTES[path]
     lo, hi, step = rule(f, route, "minimum"), rule(f, route, "maximum"), rule(f, route, "multiple_of") or 1
-    return path, f.name, draw(st.integers(math.ceil(lo / step), hi // step)) * step
+    r = f.remainder  # the grid is step * k + r (num_frames: 4k+1)
+    return path, f.name, draw(st.integers(math.ceil((lo - r) / step), (hi - r) // step)) * step + r
 
 
 @st.composite
@@ -95,7 +96,7 @@ def integer_outside(draw: st.DrawFn) -> tuple[str, str, int]:
     lo, hi, step = rule(f, route, "minimum"), rule(f, route, "maximum"), rule(f, route, "multiple_of") or 1
     outside = st.integers(max_value=lo - 1) | st.integers(min_value=hi + 1)
     if step > 1:  # in range but off the grid
-        outside |= st.integers(lo, hi).filter(lambda v: v % step)
+        outside |= st.integers(lo, hi).filter(lambda v: v % step != f.remainder)
     return path, f.name, draw(outside)
 
 

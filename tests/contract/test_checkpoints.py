@@ -31,7 +31,11 @@ def test_layout_is_the_diffusers_one(tiny_checkpoint_dirs: dict[str, Path], key:
     family = family_of(key)
     index = json.loads((path / "model_index.json").read_text())
     assert index["_class_name"] == family.pipeline_class
-    modules = {name: entry for name, entry in index.items() if not name.startswith("_") and entry[1] is not None}
+    modules = {
+        name: entry
+        for name, entry in index.items()
+        if not name.startswith("_") and isinstance(entry, list) and entry[1] is not None  # not a config value
+    }
     for name in modules:
         assert (path / name).is_dir(), name
     # Every component's subfolder is a saved module: its config and its weights.

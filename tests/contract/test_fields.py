@@ -175,13 +175,10 @@ def test_defaults_and_limits_come_from_the_route(path: str) -> None:
     body = model(**good(path))
     schema = model.model_json_schema()
     assert schema["additionalProperties"] is False
-    assert (body.steps, body.cfg, body.seed, body.num_images, body.output_format) == (
-        route.steps,
-        route.cfg,
-        None,
-        1,
-        "png",
-    )
+    assert (body.steps, body.cfg, body.seed) == (route.steps, route.cfg, None)
+    # api.md: PNG images, one unless asked; animated WebP videos.
+    images = task_of(route).output.kind == "images"
+    assert body.output_format == ("png" if images else "webp") and (not images or body.num_images == 1)
     assert schema["properties"]["steps"]["maximum"] == route.limits.max_steps
     for f in task_of(route).fields_of(route):
         if f.default is not None:

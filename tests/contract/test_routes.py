@@ -18,6 +18,7 @@ from registry import ROUTES, UNSUPPORTED, family_of, merged_loras_of, task_of
 from tests.images import MAX_PIXEL_DIFF, decode, max_diff
 
 STEPS = 2
+DEFAULT_MIME = {"images": "image/png", "video": "image/webp"}  # api.md: PNG images, animated WebP videos
 PATHS = list(ROUTES)
 
 
@@ -38,7 +39,8 @@ def test_served_equals_the_reference_and_repeats_its_bytes(client: httpx.Client,
     body = body_of(path)
     r = client.post(path, json=body)
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/png" and r.headers["x-seed"] == str(body["seed"])
+    assert r.headers["content-type"] == DEFAULT_MIME[task_of(ROUTES[path]).output.kind]
+    assert r.headers["x-seed"] == str(body["seed"])
     assert r.headers["x-model"].split("+")[0] == f"local:{ROUTES[path].checkpoint}"  # its key, never a path
     served = decode(r.content)
     reference = hooks(_family(path), "reference", "REFERENCES")[path]

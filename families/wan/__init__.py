@@ -1,0 +1,194 @@
+"""Wan video (`/wan2.6`, `/wan2.6-lora`): "Wan 2.6" has no open weights (Alibaba Cloud serves it by API only), so
+the product's routes serve the best open Wan in the diffusers layout: `/wan2.6` Wan2.2-T2V-A14B, two 14B experts
+switched at a boundary timestep as WanPipeline does it; `/wan2.6-lora` Wan2.1-T2V-14B, one transformer, because a
+character LoRA file (musubi-tuner, diffusers) adapts one transformer, while an A14B LoRA is a pair of files (high- and
+low-noise expert) that one `lora_id` cannot name.
+
+Components: UMT5-XXL (shared, the same file in every Wan repo), the transformer(s), and the Wan2.1 VAE decoder as two
+graphs, its first frames and one more frame, with the causal caches between them as tensors (adapters.py says why):
+the pipeline's VAE proxy (proxies.py) loops over the latent frames, so any clip length and size decodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from registry.spec import (
+    AppGroup,
+    Checkpoint,
+    Component,
+    Declaration,
+    Dim,
+    Family,
+    Guidance,
+    Limits,
+    PipelineModel,
+    Route,
+    Task,
+    TensorSpec,
+)
+
+T2V = ("wan2.2-t2v-a14b", "wan2.1-t2v-14b")
+Z_DIM = 16  # latent channels of the Wan2.1 VAE (all three repos ship it)
+
+# The Wan2.1 VAE decoder's structure (4 levels, 2 residual blocks each, time upsampling after the first two levels):
+# each causal convolution's cache, by its spatial scale over the latent, in the order the decoder fills them.
+DECODER_LEVELS, DECODER_RES_BLOCKS, TIME_UPSAMPLING = 4, 2, (True, True, False)
+
+
+def decoder_cache_scales() -> tuple[int, ...]:
+    scales = [1] * 5  # conv_in, the mid block's two residual blocks (two convolutions each)
+    scale = 1
+    for level in range(DECODER_LEVELS):
+        scales += [scale] * (2 * (DECODER_RES_BLOCKS + 1))  # the up block's residual blocks
+        if level < DECODER_LEVELS - 1:
+            if TIME_UPSAMPLING[level]:
+                scales.append(scale)  # the time upsampler's convolution, before the spatial 2x
+            scale *= 2
+    return (*scales, scale)  # the head's convolution, at pixel scale
+
+
+_SIDES = {1: "latent_{}", 2: "latent_{}_x2", 4: "latent_{}_x4", 8: "{}"}
+
+
+def _caches(prefix: str) -> tuple[TensorSpec, ...]:
+    """The decoder's caches as tensors: two frames each, channels fixed by the checkpoint."""
+    return tuple(
+        TensorSpec(f"{prefix}{i}", "FP32", ("batch", -1, 2, _SIDES[s].format("height"), _SIDES[s].format("width")))
+        for i, s in enumerate(decoder_cache_scales())
+    )
+
+
+LATENT_HEIGHT = Dim("latent_height", 128 // 8, 480 // 8, 1280 // 8)  # parity runs at 128 px; routes start at 256
+LATENT_WIDTH = Dim("latent_width", 128 // 8, 832 // 8, 1280 // 8)
+
+
+def _transformer(triton_model: str, role: str, checkpoint: str, lora: bool = False) -> Component:
+    video = ("batch", -1, "latent_frames", "latent_height", "latent_width")
+    return Component(
+        triton_model=triton_model,
+        role=role,
+        subfolder=role,
+        exporter="wan_transformer",
+        checkpoints=(checkpoint,),
+        inputs=(
+            TensorSpec("hidden_states", "FP32", video),
+            # UniPC's timesteps are fractional; the model embeds them in FP32.
+            TensorSpec("timestep", "FP32", ("batch",), exact=True),
+            TensorSpec("encoder_hidden_states", "FP32", ("batch", "text_tokens", -1)),
+        ),
+        outputs=(TensorSpec("sample", "FP32", video),),
+        lora=lora,
+    )
+
+
+WAN = Family(
+    name="wan",
+    prompt_tokenizer="tokenizer",
+    lora_store_prefix="wan",  # api.md: lora_id looks for wan-character-{id}, then character-{id}
+    pipelines=(PipelineModel(Task.TEXT_TO_VIDEO, "WanPipeline", "wan_pipeline"),),
+    dims=(
+        Dim("batch", 1, 1, 2),
+        Dim("text_tokens", 1, 512, 512),  # the pipeline pads every prompt to max_sequence_length
+        Dim("latent_frames", 2, (81 - 1) // 4 + 1, (121 - 1) // 4 + 1),
+        LATENT_HEIGHT,
+        LATENT_WIDTH,
+        Dim.times("latent_height_x2", LATENT_HEIGHT, 2),
+        Dim.times("latent_width_x2", LATENT_WIDTH, 2),
+        Dim.times("latent_height_x4", LATENT_HEIGHT, 4),
+        Dim.times("latent_width_x4", LATENT_WIDTH, 4),
+        Dim.times("height", LATENT_HEIGHT, 8),
+        Dim.times("width", LATENT_WIDTH, 8),
+    ),
+    components=(
+        Component(
+            triton_model="wan_text_encoder",
+            role="text_encoder",
+            subfolder="text_encoder",
+            exporter="umt5_encoder",
+            checkpoints=T2V,
+            inputs=(
+                TensorSpec("input_ids", "INT64", ("batch", "text_tokens")),
+                TensorSpec("attention_mask", "INT64", ("batch", "text_tokens")),
+            ),
+            outputs=(TensorSpec("last_hidden_state", "FP32", ("batch", "text_tokens", -1)),),
+        ),
+        _transformer("wan_a14b_transformer", "transformer", "wan2.2-t2v-a14b"),
+        _transformer("wan_a14b_transformer_2", "transformer_2", "wan2.2-t2v-a14b"),
+        _transformer("wan_transformer", "transformer", "wan2.1-t2v-14b", lora=True),  # /wan2.6-lora
+        Component(
+            triton_model="wan_vae_decoder",
+            role="vae",
+            subfolder="vae",
+            exporter="wan_vae_decoder_first",
+            checkpoints=T2V,
+            inputs=(TensorSpec("latent", "FP32", ("batch", Z_DIM, 2, "latent_height", "latent_width")),),
+            outputs=(TensorSpec("sample", "FP32", ("batch", 3, 5, "height", "width")), *_caches("next_cache_")),
+        ),
+        Component(
+            triton_model="wan_vae_decoder_step",
+            role="vae.decoder_step",  # joins the vae proxy (model_repository/proxies.py)
+            subfolder="vae",
+            exporter="wan_vae_decoder_step",
+            checkpoints=T2V,
+            inputs=(
+                TensorSpec("latent", "FP32", ("batch", Z_DIM, 1, "latent_height", "latent_width")),
+                *_caches("cache_"),
+            ),
+            outputs=(TensorSpec("sample", "FP32", ("batch", 3, 4, "height", "width")), *_caches("next_cache_")),
+        ),
+    ),
+)
+
+VIDEO_LIMITS = Limits(max_size=1280, max_steps=60)  # api.md's video profile
+
+WAN_T2V = Route(
+    path="/wan2.6",
+    group="wan",
+    checkpoint="wan2.2-t2v-a14b",
+    task=Task.TEXT_TO_VIDEO,
+    steps=30,
+    cfg=5.0,
+    width=832,
+    height=480,
+    num_frames=81,
+    fps=16,
+    summary="Wan2.2-T2V-A14B: text to video (two experts)",
+    limits=VIDEO_LIMITS,
+    timeout_s=600.0,  # the product's client waits up to 600 s for Wan
+)
+
+DECLARATION = Declaration(
+    families=(WAN,),
+    checkpoints=(
+        Checkpoint(
+            key="wan2.2-t2v-a14b",
+            hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+            revision="main",
+            family="wan",
+            tiny="wan2.2-t2v-a14b",
+            guidance=Guidance.TRUE_CFG,
+            max_sequence_length=512,
+        ),
+        Checkpoint(
+            key="wan2.1-t2v-14b",
+            hub_id="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+            revision="main",
+            family="wan",
+            tiny="wan2.1-t2v-14b",
+            guidance=Guidance.TRUE_CFG,
+            max_sequence_length=512,
+        ),
+    ),
+    groups=(AppGroup("wan", max_queue=4),),
+    routes=(
+        WAN_T2V,
+        replace(
+            WAN_T2V,
+            path="/wan2.6-lora",
+            checkpoint="wan2.1-t2v-14b",
+            summary="Wan2.1-T2V-14B + character LoRAs, per request",
+            lora=True,
+        ),
+    ),
+)

@@ -1,0 +1,163 @@
+"""Wan's modules as tensor-only graphs: the UMT5 encoder, the transformer (either expert of Wan2.2, or Wan2.1's
+only one) and the VAE decoder, in steps.
+
+The Wan VAE decodes one latent frame at a time (its `_decode` loops over them), each causal 3D convolution keeping
+the last two frames it saw in a cache for the next one. Traced whole, that loop fixes the frame count (one exported
+graph per clip length). So the decoder is exported as the two steps the loop is made of, each with its caches as
+plain inputs and outputs, and the frame loop runs on the host (proxies.py):
+
+- `WanVaeDecoderFirst`: latent frames 0 and 1 -> pixel frames 0..4 and every cache (the first frame is special:
+  it is not upsampled in time, and a time upsampler starts with no cache of its own at frame 1);
+- `WanVaeDecoderStep`: one more latent frame and the caches -> its 4 pixel frames and the new caches.
+
+From frame 1 on every cache holds two frames, so both graphs have fixed cache frame counts and dynamic height and
+width; any clip of 4k+1 frames (k >= 1) decodes through them, exactly as the stock loop does (the same modules on the
+same tensors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from components.adapters import Adapter, Shape, Wrapped, _token_ids
+
+FIRST_LATENT_FRAMES = 2  # what WanVaeDecoderFirst takes
+
+
+class Umt5Hidden(Wrapped):
+    """UMT5 encoder -> last hidden state; WanPipeline passes the attention mask and keeps only the real tokens."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask, output_hidden_states=False).last_hidden_state
+
+
+class WanTransformer(Wrapped):
+    """hidden_states (batch, C, latent frames, latent H, latent W), timestep (batch,), encoder_hidden_states
+    (batch, text tokens, text dim) -> the flow prediction of the same shape as hidden_states."""
+
+    def forward(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self.model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+def _decode_chunk(vae: torch.nn.Module, latent: torch.Tensor, caches: list, first: bool) -> tuple[torch.Tensor, int]:
+    """One iteration of AutoencoderKLWan._decode: a latent frame through post_quant_conv (1x1x1, per frame) and the
+    decoder, `caches` updated in place; clamped as _decode clamps the whole clip. Returns the frames and how many
+    caches the decoder used."""
+    index = [0]
+    out = vae.decoder(vae.post_quant_conv(latent), feat_cache=caches, feat_idx=index, first_chunk=first)
+    return torch.clamp(out, min=-1.0, max=1.0), index[0]
+
+
+def causal_convs(module: torch.nn.Module) -> int:
+    """The causal 3D convolutions in `module`: those that keep a cache, and the residual shortcuts that do not."""
+    return sum(1 for m in module.modules() if type(m).__name__ == "WanCausalConv3d")
+
+
+class WanVaeDecoderFirst(Wrapped):
+    """latent (batch, z, 2, h, w), latents_mean/std already undone -> (frames (batch, 3, 5, 8h, 8w), *caches)."""
+
+    def forward(self, latent: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        vae = self.model
+        if vae.config.patch_size is not None:
+            raise ValueError("the Wan2.2 VAE (patch_size) is not served yet: its decoder caches differ")
+        caches: list = [None] * causal_convs(vae.decoder)  # at least one slot per cache the decoder keeps
+        first, _ = _decode_chunk(vae, latent[:, :, :1], caches, first=True)
+        second, used = _decode_chunk(vae, latent[:, :, 1:2], caches, first=False)
+        return (torch.cat([first, second], dim=2), *caches[:used])
+
+
+class WanVaeDecoderStep(Wrapped):
+    """latent (batch, z, 1, h, w) and the caches of the frames before -> (frames (batch, 3, 4, 8h, 8w), *caches)."""
+
+    def forward(self, latent: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        updated = list(caches)
+        frames, used = _decode_chunk(self.model, latent, updated, first=False)
+        if used != len(caches):
+            raise ValueError(f"the decoder uses {used} caches, {len(caches)} were given")
+        return (frames, *updated)
+
+
+def _umt5(path: Path) -> torch.nn.Module:
+    from transformers import UMT5EncoderModel
+
+    return Umt5Hidden(UMT5EncoderModel.from_pretrained(path))
+
+
+def _transformer(path: Path) -> torch.nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer(WanTransformer3DModel.from_pretrained(path))
+
+
+def _vae(path: Path) -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan.from_pretrained(path)
+
+
+def _umt5_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    c = module.model.config
+    ids = _token_ids(s["batch"], s["text_tokens"], c.vocab_size, None, c.eos_token_id, c.pad_token_id)
+    return ids, (ids != c.pad_token_id).to(torch.int64)
+
+
+def _transformer_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    c = module.model.config
+    b = s["batch"]
+    return (
+        torch.randn(b, c.in_channels, s["latent_frames"], s["latent_height"], s["latent_width"]),
+        torch.rand(b) * 1000,  # the scheduler's timesteps, 0..1000
+        torch.randn(b, s["text_tokens"], c.text_dim),
+    )
+
+
+def _first_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    z = module.model.config.z_dim
+    return (torch.randn(s["batch"], z, FIRST_LATENT_FRAMES, s["latent_height"], s["latent_width"]),)
+
+
+def _step_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    """A latent frame and the caches a real clip leaves: the first step run on random latents."""
+    vae = module.model
+    first = WanVaeDecoderFirst(vae)
+    with torch.no_grad():
+        _, *caches = first(*_first_example(first, s))
+    return (torch.randn(s["batch"], vae.config.z_dim, 1, s["latent_height"], s["latent_width"]), *caches)
+
+
+def wan_shape(batch: int, height: int, width: int, frames: int, text_tokens: int) -> dict[str, int]:
+    """Every Wan symbolic dim for one request shape (VAE 8x spatial and 4x temporal)."""
+    lh, lw = height // 8, width // 8
+    return {
+        "batch": batch,
+        "text_tokens": text_tokens,
+        "latent_frames": (frames - 1) // 4 + 1,
+        "latent_height": lh,
+        "latent_width": lw,
+        "latent_height_x2": 2 * lh,
+        "latent_width_x2": 2 * lw,
+        "latent_height_x4": 4 * lh,
+        "latent_width_x4": 4 * lw,
+        "height": height,
+        "width": width,
+    }
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "umt5_encoder": Adapter(_umt5, _umt5_example),
+    "wan_transformer": Adapter(_transformer, _transformer_example),
+    "wan_vae_decoder_first": Adapter(lambda p: WanVaeDecoderFirst(_vae(p)), _first_example),
+    "wan_vae_decoder_step": Adapter(lambda p: WanVaeDecoderStep(_vae(p)), _step_example),
+}
+
+# Small clips: the VAE steps dominate an export's parity check on a CPU.
+PARITY_SHAPES: dict[str, tuple[Shape, Shape]] = {
+    "wan": (
+        wan_shape(batch=2, height=128, width=128, frames=9, text_tokens=24),
+        wan_shape(batch=1, height=144, width=128, frames=5, text_tokens=16),
+    ),
+}
