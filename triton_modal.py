@@ -116,6 +116,7 @@ GPU_PYTHON_PACKAGES: tuple[str, ...] = (
     "pydantic-settings>=2.3",
     "prometheus-client>=0.20",
     "pillow>=10",
+    "av>=14",
     "httpx>=0.27",
     "fastapi-offline==1.7.7",
 )
@@ -797,6 +798,24 @@ def build_lora(force: bool = False, allow_unpinned: bool = False) -> dict[str, A
     return build_group("lora", force=force, allow_unpinned=allow_unpinned)
 
 
+@app.cls(**serving_options("wan"))
+@modal.concurrent(**concurrency("wan"))
+class WanServer(GroupServer):
+    """Triton + the API for the wan group's routes (video: minutes per clip, the route limit 600 s)."""
+
+    group = "wan"
+
+    @modal.asgi_app(label=web_label("wan"))
+    def web(self) -> FastAPI:
+        return self.web_app
+
+
+@app.function(**BUILD_OPTIONS)
+def build_wan(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """Download, export, build engines and lay out the model repository of the wan group."""
+    return build_group("wan", force=force, allow_unpinned=allow_unpinned)
+
+
 # Group -> its serving class and build function, as the smoke test and the tests look them up.
 SERVING_CLASSES: dict[str, modal.Cls] = {
     "flux": FluxServer,
@@ -804,6 +823,7 @@ SERVING_CLASSES: dict[str, modal.Cls] = {
     "qwen-edit": QwenEditServer,
     "z-image": ZImageServer,
     "lora": LoraServer,
+    "wan": WanServer,
 }
 BUILD_FUNCTIONS: dict[str, modal.Function] = {
     "flux": build_flux,
@@ -811,6 +831,7 @@ BUILD_FUNCTIONS: dict[str, modal.Function] = {
     "qwen-edit": build_qwen_edit,
     "z-image": build_z_image,
     "lora": build_lora,
+    "wan": build_wan,
 }
 
 # ## Smoke test against the deployed endpoint

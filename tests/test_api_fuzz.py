@@ -32,7 +32,7 @@ from api.schemas import request_model
 from registry import ROUTES, Kind, Route, task_of
 
 # Cases per route: schema-valid ones run real (small) generations, invalid ones are refused before Triton.
-POSITIVE, NEGATIVE = 45, 90
+POSITIVE, NEGATIVE = 30, 70
 MIN_CASES = 1_000
 BUDGET_S = 360.0  # on 2 cores, the stack already up
 CHECKS = [
