@@ -81,6 +81,40 @@ class WanVaeDecoderStep(Wrapped):
         return (frames, *updated)
 
 
+def _encode_chunk(vae: torch.nn.Module, frames: torch.Tensor, caches: list) -> tuple[torch.Tensor, int]:
+    """One iteration of AutoencoderKLWan._encode: pixel frames through the encoder, `caches` updated in place, then
+    quant_conv (1x1x1, per latent frame) as _encode applies it to the whole clip. Returns the moments (mean, then
+    log-variance, as DiagonalGaussianDistribution takes them) and how many caches the encoder used."""
+    index = [0]
+    out = vae.encoder(frames, feat_cache=caches, feat_idx=index)
+    return vae.quant_conv(out), index[0]
+
+
+class WanVaeEncoderFirst(Wrapped):
+    """The first 5 frames (batch, 3, 5, H, W) in [-1, 1] -> (moments (batch, 2z, 2, H/8, W/8), *caches): frame 0 on
+    its own (it is not downsampled in time), then frames 1..4, after which every cache has its lasting shape."""
+
+    def forward(self, sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        vae = self.model
+        if vae.config.patch_size is not None:
+            raise ValueError("the Wan2.2 VAE (patch_size) is not served yet: its encoder caches differ")
+        caches: list = [None] * causal_convs(vae.encoder)
+        first, _ = _encode_chunk(vae, sample[:, :, :1], caches)
+        second, used = _encode_chunk(vae, sample[:, :, 1:5], caches)
+        return (torch.cat([first, second], dim=2), *caches[:used])
+
+
+class WanVaeEncoderStep(Wrapped):
+    """4 more frames (batch, 3, 4, H, W) and the caches -> (moments of their latent frame, *caches)."""
+
+    def forward(self, sample: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        updated = list(caches)
+        moments, used = _encode_chunk(self.model, sample, updated)
+        if used != len(caches):
+            raise ValueError(f"the encoder uses {used} caches, {len(caches)} were given")
+        return (moments, *updated)
+
+
 def _umt5(path: Path) -> torch.nn.Module:
     from transformers import UMT5EncoderModel
 
