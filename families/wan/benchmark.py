@@ -49,6 +49,7 @@ from model_repository.accelerate import Acceleration, accelerate, enable_compile
 from perf.metrics import cost_usd, mfu, psnr
 from perf.report import Row, log, write_outputs
 from perf.served import PROMPT, SEED
+from registry import component_of
 
 # transformer/config.json of Wan-AI/Wan2.1-T2V-14B-Diffusers (each expert of Wan2.2-T2V-A14B has the same);
 # only the weights are random.
@@ -97,15 +98,13 @@ VAE_SPATIAL, VAE_TEMPORAL = 8, 4
 REFERENCE_FRAMES = 4  # PSNR over the first frames of the clip
 LORA_RANK, LORA_SEED = 64, 7
 
-# Registry-style Component.fp8_layers for the Wan blocks: self- and cross-attention projections and both FFN
-# matmuls of each of the 40 blocks (400 linears); the condition embedder, the time projections (M = 1), patch
-# embedding and the output head stay BF16.
-FP8_LAYERS = r"blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)|blocks\.\d+\.ffn\.net\.(0\.proj|2)"
+_SERVED = component_of("wan_transformer")[1]  # the registry's choice for the Wan transformers
+FP8_LAYERS = _SERVED.fp8_layers
 
 VARIANTS: dict[str, Acceleration | None] = {
     "eager": None,  # plain diffusers, the baseline
     # What our GPU profile's torch component model does (as for Z-Image / Qwen-Image: FP8 + compiled blocks).
-    "registry": Acceleration(fuse_qkv=False, fp8_layers=FP8_LAYERS, compile=False, compile_blocks=True),
+    "registry": Acceleration.of(set(_SERVED.accelerations), _SERVED.precision, _SERVED.fp8_layers),
 }
 
 
