@@ -80,9 +80,10 @@ class Cheap:
             body["steps"] = min(max(lo, 1 + steps % 2), limits.max_steps)
         if _valid_int(body.get("num_images"), 1, limits.max_num_images):
             body["num_images"] = 1
-        for name in ("num_frames", "length"):  # a video's frames: the fewest (4k+1 stays valid)
-            value = body.get(name)
-            if _valid_int(value, limits.min_frames, limits.max_frames) and value % 4 == 1:
+        for name in ("num_frames", "length"):  # a video's frames, in the schema's range: the fewest
+            # (the schema cannot say 4k+1, so its valid draws are mostly 422s; tests/test_api_validation and
+            # families/wan/tests check that rule)
+            if _valid_int(body.get(name), limits.min_frames, limits.max_frames):
                 body[name] = limits.min_frames
         if route.lora and _valid(route, body):  # a drawn name is a 404 (not in the store): the sample LoRA instead
             sample = sample_body(route)["lora_name"]
