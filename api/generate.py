@@ -142,7 +142,7 @@ def _answer(
         "x-cold-start": "true" if cold_start else "false",
         "server-timing": timings.server_timing(),
     }
-    video = result.images.ndim == 5
+    video = task_of(route).output.kind == "video"
     if video:
         headers["x-frames"] = str(result.images.shape[1])
     if not as_json:

@@ -136,7 +136,7 @@ class HiddenStatesTextEncoderProxy(ComponentProxy):
 
 class VaeProxy(ComponentProxy):
     """A VAE whose decoder is this component and whose encoder, where the family serves one, is another (role
-    "vae_encoder"): `encode` answers the encoder's moments as the same DiagonalGaussianDistribution the stock
+    "vae.encoder"): `encode` answers the encoder's moments as the same DiagonalGaussianDistribution the stock
     `encode` returns, so the pipeline samples or takes the mode with its own generator."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -159,8 +159,8 @@ def proxies_for(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, ComponentProxy]:
     """role -> proxy for the pipeline's constructor, of the class the family folder names for its exporter
-    (its proxies.py; ComponentProxy by default); a "vae_encoder" component joins the "vae" proxy, and a component
-    whose role is "<role>.<part>" joins that role's proxy as its attribute `part` (a VAE decoder's later steps)."""
+    (its proxies.py; ComponentProxy by default). A component whose role is "<role>.<part>" joins that role's proxy
+    as its attribute `part`, which the proxy's class declares (a VAE's encoder, a VAE decoder's later steps)."""
     classes = hooks(family, "proxies", "PROXIES")
     proxies = {
         role: classes.get(c.exporter, ComponentProxy)(c, checkpoint_dir, client, device, dtype)
@@ -168,11 +168,8 @@ def proxies_for(
     }
     for role in [r for r in proxies if "." in r]:
         owner, part = role.split(".", 1)
-        setattr(proxies[owner], part, proxies.pop(role))
-    encoder = proxies.pop("vae_encoder", None)
-    if encoder is not None:
-        vae = proxies.get("vae")
-        if not isinstance(vae, VaeProxy):
-            raise TypeError(f"{family}: a vae_encoder component needs a VaeProxy for its vae, got {type(vae).__name__}")
-        vae.encoder = encoder
+        holder = proxies.get(owner)
+        if not hasattr(holder, part):
+            raise TypeError(f"{family}: a {role} component needs a {owner} proxy that takes a {part!r}, got {holder!r}")
+        setattr(holder, part, proxies.pop(role))
     return proxies

@@ -106,7 +106,7 @@ def _vae(prefix: str, checkpoints: tuple[str, ...], encoder: bool) -> tuple[Comp
         decoder,
         Component(
             triton_model=f"{prefix}_vae_encoder",
-            role="vae_encoder",
+            role="vae.encoder",  # joins the vae proxy (model_repository/proxies.py)
             subfolder="vae",
             exporter="qwen_vae_encoder",
             checkpoints=checkpoints,

@@ -16,8 +16,12 @@ class WanVaeProxy(VaeProxy):
     """`vae.decode(latents)` as WanPipeline calls it: the first two latent frames through this component, each later
     one through `decoder_step` (the "vae.decoder_step" component, joined by proxies_for)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decoder_step: ComponentProxy | None = None
+
     def decode(self, latent: torch.Tensor, return_dict: bool = False) -> ComponentOutputs:  # type: ignore[override]
-        frames, step = latent.shape[2], getattr(self, "decoder_step", None)
+        frames, step = latent.shape[2], self.decoder_step
         if frames < FIRST_LATENT_FRAMES or step is None:
             raise ValueError(f"{self.component.triton_model}: needs >= {FIRST_LATENT_FRAMES} latent frames and a step")
         sample, *caches = self.call({"latent": latent[:, :, :FIRST_LATENT_FRAMES]})

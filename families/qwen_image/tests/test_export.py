@@ -61,7 +61,7 @@ VAE_DECODER = Component(
 )
 VAE_ENCODER = Component(
     triton_model="qwen_image_vae_encoder",
-    role="vae_encoder",
+    role="vae.encoder",
     subfolder="vae",
     exporter="qwen_vae_encoder",
     checkpoints=("tiny-qwen",),
