@@ -170,10 +170,10 @@ SERVE_MEMORY_MIB = 128 * 1024
 SERVICE_HEADROOM = 4
 # Seconds an input may run beyond its route's generation limit (encoding, the API's own work).
 REQUEST_MARGIN_S = 60
-# Modal's web endpoints answer a request still running after 150 s with a 303 redirect to poll, which the product's
-# client (it reads raw bytes) may not follow. The API ends queueing + generation by this deadline instead (a 504 in
-# the contract's envelope), leaving the rest of the 150 s for encoding and the transfer.
-ANSWER_DEADLINE_S = 140.0
+# Modal's web endpoints answer a request still running after 150 s with a 303 redirect to its result, which the
+# product's client follows: a synchronous request takes its route's own limit (video: up to 600 s). Jobs
+# (`Prefer: respond-async`) live in one Modal Dict per group, so any container of the group reads or cancels them.
+JOB_STORE = "modal-dict:ryla-jobs-{group}"
 # Seconds between a serving container's looks at the Volumes for a newer build of its group (a running container
 # loads it without a restart; new containers mount the latest commit anyway).
 REPOSITORY_POLL_S = 60.0
@@ -574,7 +574,7 @@ class GroupServer:
         spec = GROUPS[group]
         triton = triton_server(group)
         settings = Settings(
-            groups=(group,), triton_grpc_url=triton.grpc_url, gpu_type=spec.gpu, answer_deadline_s=ANSWER_DEADLINE_S
+            groups=(group,), triton_grpc_url=triton.grpc_url, gpu_type=spec.gpu, job_store=JOB_STORE.format(group=group)
         )
         require_api_keys(settings)
         if not dirs.repository.is_dir():

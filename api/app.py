@@ -13,9 +13,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
 from . import errors
-from .auth import DOCUMENTED_SCHEMES, KeyChecker
+from .auth import DOCUMENTED_SCHEMES
 from .docs import ASSETS_URL, install_docs
 from .generate import generation_endpoint, openapi_of, openapi_of_unsupported, unsupported_endpoint
+from .job_routes import JOB_PATH_PREFIX, build_job_router
 from .middleware import GatewayMiddleware
 from .service import SERVICE_PATHS, build_service_router
 from .settings import Settings
@@ -66,11 +67,19 @@ class JsonRoute(APIRoute):
         return handle
 
 
+def _label_of(path: str) -> str:
+    if path.startswith(ASSETS_URL):
+        return ASSETS_URL
+    if path.startswith(JOB_PATH_PREFIX):  # one label for every job's id
+        return "/v1/jobs/{id}/result" if path.endswith("/result") else "/v1/jobs/{id}"
+    return "other"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """One app serving the routes of `settings.served_groups` (default: every group of the registry)."""
     settings = settings or Settings()
     state = ApiState(settings)
-    keys = KeyChecker(settings.api_keys)
+    keys = state.keys
     generating = {r.path for r in state.routes}
     refused = {r.path for r in state.unsupported}
     protected = generating | refused | {"/v1/models"}
@@ -123,15 +132,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             **{**doc, "responses": {**gateway, **doc["responses"]}},
         )
     app.include_router(build_service_router(protect_models=keys.enabled), responses=gateway)
+    app.include_router(build_job_router(protected=keys.enabled), responses=gateway)
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
         drain_bytes=settings.drain_bytes,
         keys=keys,
-        protected=protected.__contains__,
+        protected=lambda path: path in protected or path.startswith(JOB_PATH_PREFIX),
         metrics=state.metrics,
         # Unknown paths share one label: a scanner cannot blow up the metrics' cardinality.
-        route_label=lambda path: path if path in known else ASSETS_URL if path.startswith(ASSETS_URL) else "other",
+        route_label=lambda path: path if path in known else _label_of(path),
     )
     return app

@@ -20,14 +20,18 @@ class GroupGate:
         self.waiting = 0
         self.in_flight = 0
 
-    @asynccontextmanager
-    async def slot(self, max_wait_s: float | None = None) -> AsyncIterator[float]:
-        """Holds a generation slot; yields the seconds spent queueing. `max_wait_s`: a request that gets no slot
-        within it is answered 504 (its answer deadline passed in the queue)."""
+    def check_room(self) -> None:
+        """429 when a new request would find no slot and no place in the queue."""
         if self._slots.locked() and self.waiting >= self.max_queue:
             raise ApiError(
                 429, f"the {self.name} queue is full; retry later", headers={"Retry-After": str(self.retry_after_s)}
             )
+
+    @asynccontextmanager
+    async def slot(self, max_wait_s: float | None = None) -> AsyncIterator[float]:
+        """Holds a generation slot; yields the seconds spent queueing. `max_wait_s`: a request that gets no slot
+        within it is answered 504 (its answer deadline passed in the queue)."""
+        self.check_room()
         t0 = time.perf_counter()
         self.waiting += 1
         try:

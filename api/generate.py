@@ -4,7 +4,6 @@ No `from __future__ import annotations` here: FastAPI reads each endpoint's body
 which is a model class built per route at start-up.
 """
 
-import base64
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,28 +17,19 @@ from starlette.concurrency import run_in_threadpool
 from registry import Kind, Route, UnsupportedRoute, pipeline_model_of, task_of
 from registry.tasks import MAX_SEED
 
+from .answer import RESPONSE_HEADERS, Generated, Timings, answer_of, response_of
 from .cancellation import unless_client_leaves
 from .encoding import IMAGE_FORMATS, encode_image
 from .errors import ApiError, openapi_responses
+from .job_store import StoredAnswer
+from .jobs import job_urls
 from .loras import LoraSources, with_trigger_word
 from .media import MediaLimits, check_same_size, decode_image_array
-from .schemas import GenerationAnswer, RequestBody, request_model
+from .schemas import GenerationAnswer, JobAccepted, RequestBody, request_model
 from .state import ApiState, Backend, State
-from .triton_client import PipelineResult
+from .triton_client import PipelineResult, Progress, TritonBackend
 from .video_encoding import MIME_TYPES as VIDEO_MIMES
 from .video_encoding import encode_video
-
-RESPONSE_HEADERS = {
-    "x-cost-usd": "GPU seconds held (the Triton round trip) x the price per second of x-gpu-type, 6 decimals",
-    "x-execution-time-sec": "Seconds from the request's arrival to its answer, 3 decimals",
-    "x-gpu-type": "The GPU type the price refers to (cpu on the local stack)",
-    "x-request-id": "This request's id (also in error messages and logs)",
-    "x-seed": "The seed used (drawn at random when the request had none)",
-    "x-model": "The checkpoint that served the request",
-    "x-cold-start": "true for this process's first generation",
-    "x-frames": "A video's frame count (video routes)",
-    "server-timing": "Where the time went: queue, triton (round trip), pipeline (inside Triton), encode, api",
-}
 
 
 def wants_json(request: Request) -> bool:
@@ -90,142 +80,98 @@ def pipeline_inputs(route: Route, body: RequestBody, seed: int, prepared: Prepar
     return body.task.tensor_values(route, values, loras=prepared.loras)
 
 
-@dataclass(frozen=True)
-class Timings:
-    queue_s: float
-    triton_s: float
-    pipeline_s: float
-    encode_s: float
-    total_s: float
-
-    def server_timing(self) -> str:
-        api_s = max(0.0, self.total_s - self.queue_s - self.triton_s - self.encode_s)
-        parts = {
-            "queue": self.queue_s,
-            "triton": self.triton_s,
-            "pipeline": self.pipeline_s,
-            "encode": self.encode_s,
-            "api": api_s,
-            "total": self.total_s,
-        }
-        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in parts.items())
-
-
-def _encode_all(result: PipelineResult, body: RequestBody, as_base64: bool) -> list[tuple[bytes, str]]:
+def _encode_all(result: PipelineResult, body: RequestBody) -> list[tuple[bytes, str]]:
     if body.task.output.kind == "video":  # N x F x H x W x 3: one clip per item
-        encoded = [encode_video(clip, body.output_format, body.output_quality, body.fps) for clip in result.images]
-    else:
-        encoded = [encode_image(px, body.output_format, body.output_quality) for px in result.images]
-    return [(base64.b64encode(data) if as_base64 else data, mime) for data, mime in encoded]
+        return [encode_video(clip, body.output_format, body.output_quality, body.fps) for clip in result.images]
+    return [encode_image(px, body.output_format, body.output_quality) for px in result.images]
 
 
-def _answer(
-    request: Request,
-    route: Route,
-    state: ApiState,
-    result: PipelineResult,
-    encoded: list[tuple[bytes, str]],
-    seed: int,
-    cold_start: bool,
-    timings: Timings,
-    as_json: bool,
-    fps: int | None = None,  # a video's
-) -> Response:
-    gpu_type = state.settings.gpu_type
-    cost = result.triton_s * state.settings.price
-    headers = {
-        "x-cost-usd": f"{cost:.6f}",
-        "x-execution-time-sec": f"{timings.total_s:.3f}",
-        "x-gpu-type": gpu_type,
-        "x-seed": str(seed),
-        "x-model": result.model,
-        "x-cold-start": "true" if cold_start else "false",
-        "server-timing": timings.server_timing(),
-    }
-    video = task_of(route).output.kind == "video"
-    if video:
-        headers["x-frames"] = str(result.images.shape[1])
-    if not as_json:
-        data, mime = encoded[0]
-        return Response(content=data, media_type=mime, headers=headers)
-    height, width = (int(d) for d in result.images.shape[-3:-1])
-    pixels: dict[str, Any]
-    if video:
-        data, mime = encoded[0]
-        frames = int(result.images.shape[1])
-        block = {"mime_type": mime, "width": width, "height": height, "num_frames": frames, "fps": fps}
-        pixels = {"video": {**block, "data": data.decode("ascii")}}
-    else:
-        pixels = {
-            "images": [
-                {"mime_type": mime, "width": width, "height": height, "data": data.decode("ascii")}
-                for data, mime in encoded
-            ]
-        }
-    content = {
-        "request_id": request.state.request_id,
-        "route": route.path,
-        "model": result.model,
-        "seed": seed,
-        **pixels,
-        "timings": {
-            "queue_s": round(timings.queue_s, 4),
-            "inference_s": round(result.triton_s, 4),
-            "total_s": round(timings.total_s, 4),
-        },
-        "cold_start": cold_start,
-        "cost_usd": round(cost, 6),
-        "gpu_type": gpu_type,
-    }
-    return JSONResponse(content, headers=headers)
+def prefers_async(request: Request) -> bool:
+    """RFC 7240's `Prefer: respond-async`: answer 202 with a job at once."""
+    prefs = (p.split(";")[0].strip().lower() for h in request.headers.getlist("prefer") for p in h.split(","))
+    return "respond-async" in prefs
 
 
-def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
-    model_cls = request_model(route)
-    pipeline = pipeline_model_of(route.path)
+@dataclass(frozen=True)
+class Generation:
+    """One validated request, its media decoded and its LoRAs found: ready to queue, now or as a job."""
 
-    async def generate(request: Request, body: model_cls, state: State, backend: Backend) -> Response:  # type: ignore[valid-type]
-        arrival: float = request.state.arrival
-        as_json = wants_json(request)
-        if getattr(body, "num_images", 1) > 1 and not as_json:
-            raise ApiError(422, "num_images > 1 needs `Accept: application/json`", field="num_images")
-        # secrets, not random: a seed nobody can predict from earlier answers.
-        seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    route: Route
+    body: RequestBody
+    seed: int
+    prepared: Prepared
+    request_id: str
+    arrival: float
+
+    async def run(
+        self,
+        state: ApiState,
+        backend: TritonBackend,
+        progress: Progress | None = None,
+        started: Callable[[], None] | None = None,
+    ) -> Generated:
+        route, body = self.route, self.body
         timeout_s = state.settings.timeout_of(route.timeout_s)
         deadline_s = state.settings.answer_deadline_s
-        # Bad media or LoRAs are a 422/413/404 before the request takes a place in the queue, found off the loop.
-        prepared = await run_in_threadpool(prepare, route, body, state.loras)
-        left_s = None if deadline_s is None else deadline_s - (time.perf_counter() - arrival)
-
-        async def queue_and_generate() -> tuple[float, PipelineResult]:
-            async with state.gates[route.group].slot(max_wait_s=left_s) as queue_s:
-                limit_s = timeout_s
-                if deadline_s is not None:
-                    limit_s = min(timeout_s, deadline_s - (time.perf_counter() - arrival))
-                    if limit_s <= 0:
-                        raise ApiError(504, "the answer deadline passed before the generation could start")
-                inputs = pipeline_inputs(route, body, seed, prepared)
-                return queue_s, await backend.infer(pipeline, body.task, inputs, limit_s, request.state.request_id)
-
-        # A client that leaves gives up its place in the queue, or its generation within one step.
-        queue_s, result = await unless_client_leaves(request.receive, queue_and_generate())
+        left_s = None if deadline_s is None else deadline_s - (time.perf_counter() - self.arrival)
+        async with state.gates[route.group].slot(max_wait_s=left_s) as queue_s:
+            if started is not None:
+                started()
+            limit_s = timeout_s
+            if deadline_s is not None:
+                limit_s = min(timeout_s, deadline_s - (time.perf_counter() - self.arrival))
+                if limit_s <= 0:
+                    raise ApiError(504, "the answer deadline passed before the generation could start")
+            inputs = pipeline_inputs(route, body, self.seed, self.prepared)
+            pipeline = pipeline_model_of(route.path)
+            result = await backend.infer(pipeline, body.task, inputs, limit_s, self.request_id, progress)
         cold_start = state.claim_cold_start()
         t_encode = time.perf_counter()
         # Pillow holds the CPU for tens of milliseconds per image: off the event loop, so other requests move on.
-        encoded = await run_in_threadpool(_encode_all, result, body, as_json)
+        encoded = await run_in_threadpool(_encode_all, result, body)
         encode_s = time.perf_counter() - t_encode
-        timings = Timings(queue_s, result.triton_s, result.pipeline_s, encode_s, time.perf_counter() - arrival)
+        timings = Timings(queue_s, result.triton_s, result.pipeline_s, encode_s, time.perf_counter() - self.arrival)
         for stage in ("queue", "triton", "pipeline", "encode"):
             state.metrics.stage.labels(route=route.path, stage=stage).observe(getattr(timings, f"{stage}_s"))
         if cold_start:
             state.metrics.cold_start.set(time.time() - state.started)
         fps = getattr(body, "fps", None)
-        return _answer(request, route, state, result, encoded, seed, cold_start, timings, as_json, fps)
+        return Generated(route, result, encoded, self.seed, cold_start, timings, self.request_id, fps)
+
+
+def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
+    model_cls = request_model(route)
+
+    async def generate(request: Request, body: model_cls, state: State, backend: Backend) -> Response:  # type: ignore[valid-type]
+        as_json = wants_json(request)
+        if getattr(body, "num_images", 1) > 1 and not as_json:
+            raise ApiError(422, "num_images > 1 needs `Accept: application/json`", field="num_images")
+        # secrets, not random: a seed nobody can predict from earlier answers.
+        seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        # Bad media or LoRAs are a 422/413/404 before the request takes a place in the queue, found off the loop.
+        prepared = await run_in_threadpool(prepare, route, body, state.loras)
+        generation = Generation(route, body, seed, prepared, request.state.request_id, request.state.arrival)
+        settings = state.settings
+
+        async def answer(progress: Progress | None = None, started: Callable[[], None] | None = None) -> StoredAnswer:
+            generated = await generation.run(state, backend, progress, started)
+            return answer_of(generated, settings.gpu_type, settings.price)
+
+        if prefers_async(request):
+            state.gates[route.group].check_room()
+            owner = state.keys.owner(dict(request.headers.raw))
+            job = await state.jobs.submit(route.path, owner, as_json, answer)
+            urls = job_urls(job.id)
+            headers = {"Location": urls["status_url"], "Preference-Applied": "respond-async"}
+            return JSONResponse({"id": job.id, **urls}, status_code=202, headers=headers)
+        # A client that leaves gives up its place in the queue, or its generation within one step.
+        return response_of(await unless_client_leaves(request.receive, answer()), as_json)
 
     generate.__name__ = "generate_" + route.path.strip("/").replace("-", "_").replace(".", "_")
     generate.__doc__ = (
         f"{route.summary}. Defaults: {route.width}x{route.height}, {route.steps} steps, cfg {route.cfg}; "
-        f"limit {route.timeout_s:.0f} s. Answers the image bytes, or JSON with `Accept: application/json`."
+        f"limit {route.timeout_s:.0f} s. Answers the image bytes, or JSON with `Accept: application/json`; "
+        "with `Prefer: respond-async`, 202 and a job to follow at /v1/jobs/{id}."
     )
     return generate
 
@@ -247,6 +193,7 @@ def openapi_of(route: Route) -> dict[str, Any]:
                     name: {"description": text, "schema": {"type": "string"}} for name, text in RESPONSE_HEADERS.items()
                 },
             },
+            202: {"description": "With `Prefer: respond-async`: the job that runs the request", "model": JobAccepted},
             **openapi_responses(400, 401, *((404,) if route.lora else ()), 408, 413, 422, 429, 500, 503, 504),
         },
     }

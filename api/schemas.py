@@ -212,3 +212,11 @@ class GenerationAnswer(BaseModel):
     cold_start: bool
     cost_usd: float
     gpu_type: str
+
+
+class JobAccepted(BaseModel):
+    """The answer to `Prefer: respond-async` (api.md, "Jobs"): where to follow the job."""
+
+    id: str
+    status_url: str = Field(description="GET: status and progress (also the Location header)")
+    result_url: str = Field(description="GET: the answer once the job succeeded; 409 before")

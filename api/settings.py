@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     lora_max_bytes: int = Field(default=2 * 1024**3, gt=0)
     lora_fetch_timeout_s: float = Field(default=120.0, gt=0)
 
+    # Where jobs live (api/job_store.py): "local" (this process) or "modal-dict:<name>" (every container of a
+    # group); how long an ended job stays readable, how many ended jobs stay at most, how often a running job looks
+    # for a cancel made through another container.
+    job_store: str = "local"
+    job_retention_s: float = Field(default=3600.0, gt=0)
+    job_max_stored: int = Field(default=256, gt=0)
+    job_cancel_poll_s: float = Field(default=0.5, gt=0)
+
     @field_validator("api_keys", "groups", "lora_hosts", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

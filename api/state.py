@@ -10,7 +10,10 @@ from fastapi import Depends, Request
 
 from registry import GROUPS, Route, UnsupportedRoute, routes_of, unsupported_of
 
+from .auth import KeyChecker
 from .gate import GroupGate
+from .job_store import JobStore, store_of
+from .jobs import JobRunner
 from .loras import LoraSources
 from .metrics import Metrics
 from .settings import Settings
@@ -23,6 +26,9 @@ class ApiState:
     metrics: Metrics = field(default_factory=Metrics)
     gates: dict[str, GroupGate] = field(default_factory=dict)
     loras: LoraSources = field(init=False)
+    keys: KeyChecker = field(init=False)
+    job_store: JobStore = field(init=False)
+    jobs: JobRunner = field(init=False)
     started: float = field(default_factory=time.time)
     first_generation_done: bool = False
     _backend: TritonBackend | None = None
@@ -34,6 +40,9 @@ class ApiState:
             for name in s.served_groups
         }
         self.loras = LoraSources.of(s)
+        self.keys = KeyChecker(s.api_keys)
+        self.job_store = store_of(s.job_store, s.job_retention_s, s.job_max_stored)
+        self.jobs = JobRunner(self.job_store, s.job_cancel_poll_s)
 
     @property
     def routes(self) -> list[Route]:
@@ -53,6 +62,7 @@ class ApiState:
         return self._backend
 
     async def close(self) -> None:
+        await self.jobs.close()
         if self._backend is not None:
             await self._backend.close()
             self._backend = None

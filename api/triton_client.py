@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from registry import SOURCE_PARAMETER_PREFIX, TaskSpec, parse_invalid_request
+from registry.tasks import MODEL, PIPELINE_S, PROGRESS
 
 from .errors import ApiError
 
@@ -36,6 +39,7 @@ _CHANNEL_ARGS = [
 _UNAVAILABLE_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED"}
 _QUEUE_FULL = "Exceeds maximum queue size"
 _UNAVAILABLE_TEXT = ("is not found", "no available versions", "is not ready", "failed to connect")
+Progress = Callable[[int, int], None]  # (step, steps) after each denoising step
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,10 @@ def _retry(seconds: int) -> dict[str, str]:
 def map_triton_error(exc: InferenceServerException, retry_after_s: int, request_id: str = "") -> ApiError:
     """Triton's failure as the API's error. 500s carry no Triton text: it can hold a model's stack trace."""
     status, message = str(exc.status() or ""), str(exc.message() or "")
-    # A pipeline model's rejection of the client's input: INVALID_ARG and the field (registry/contract.py). Triton's
-    # own INVALID_ARG errors are about the tensors this API sent: a 500 below.
-    invalid = parse_invalid_request(message) if status == "StatusCode.INVALID_ARGUMENT" else None
+    # A pipeline model's rejection of the client's input: the contract's message naming the field
+    # (registry/contract.py). A stream's error carries its message only, no code, so the message's shape is the mark;
+    # Triton's own INVALID_ARG errors, about the tensors this API sent, have another text: a 500 below.
+    invalid = parse_invalid_request(message)
     if invalid:
         field, why = invalid
         return ApiError(422, f"{field}: {why}", field=field)
@@ -87,7 +92,13 @@ class TritonBackend:
         await self.client.close()
 
     async def infer(
-        self, model: str, task: TaskSpec, values: dict[str, Any], timeout_s: float, request_id: str = ""
+        self,
+        model: str,
+        task: TaskSpec,
+        values: dict[str, Any],
+        timeout_s: float,
+        request_id: str = "",
+        progress: Progress | None = None,
     ) -> PipelineResult:
         specs = task.inputs
         if set(values) != {s.name for s in specs}:  # a programming error, not the client's: a 500
@@ -106,21 +117,21 @@ class TritonBackend:
             tensor = InferInput(spec.name, list(data.shape), spec.dtype)
             tensor.set_data_from_numpy(data)
             inputs.append(tensor)
-        outputs = [InferRequestedOutput(s.name) for s in task.output.tensors]
+        outputs = [InferRequestedOutput(s.name) for s in task.output.stream_tensors]
+        request = {"model_name": model, "inputs": inputs, "outputs": outputs, "request_id": request_id}
         t0 = time.perf_counter()
         try:
-            # client_timeout is a gRPC deadline: Triton sees the request cancelled and the model can stop early.
-            # wait_for is the backstop should the deadline never fire; cancelling it cancels the RPC too.
-            result = await asyncio.wait_for(
-                self.client.infer(model, inputs, outputs=outputs, client_timeout=timeout_s, request_id=request_id),
-                timeout_s + 1.0,
-            )
+            # stream_timeout is the gRPC deadline of the stream: past it Triton sees the request cancelled and the
+            # model stops within a step. asyncio.timeout is the backstop should the deadline never fire; leaving the
+            # stream early (a cancelled task) cancels the RPC too.
+            async with asyncio.timeout(timeout_s + 1.0):
+                result = await self._stream(request, timeout_s, progress)
         except InferenceServerException as exc:
             raise map_triton_error(exc, self.retry_after_s, request_id) from None
         except TimeoutError:
             raise ApiError(504, "the generation ran past the route's time limit and was cancelled") from None
         triton_s = time.perf_counter() - t0
-        pixels = task.output.tensors[0]  # IMAGES (N x H x W x 3), or a video's FRAMES (N x F x H x W x 3)
+        pixels = task.output.pixels
         images = result.as_numpy(pixels.name)
         if images is None or images.dtype != np.uint8 or images.ndim != len(pixels.dims) or images.shape[-1] != 3:
             shape = None if images is None else (images.dtype, images.shape)
@@ -128,10 +139,39 @@ class TritonBackend:
             raise ApiError(500, f"the model answered malformed {task.output.kind}")
         return PipelineResult(
             images=images,
-            model=result.as_numpy("MODEL").tobytes().decode(),
-            pipeline_s=float(result.as_numpy("PIPELINE_S").reshape(-1)[0]),
+            model=result.as_numpy(MODEL.name).tobytes().decode(),
+            pipeline_s=float(result.as_numpy(PIPELINE_S.name).reshape(-1)[0]),
             triton_s=triton_s,
         )
+
+    async def _stream(self, request: dict[str, Any], timeout_s: float, progress: Progress | None) -> InferResult:
+        """One request over a gRPC stream (pipeline models are decoupled): PROGRESS responses go to `progress`, the
+        first response without PROGRESS is the answer."""
+        answered = asyncio.Event()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield request
+            await answered.wait()  # the stream stays open until the answer is in
+
+        responses = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+        try:
+            while True:
+                try:
+                    result, error = await anext(responses)
+                except grpc.aio.AioRpcError as exc:  # the stream itself failed: deadline, Triton gone
+                    raise InferenceServerException(exc.details(), status=str(exc.code())) from None
+                except StopAsyncIteration:
+                    raise InferenceServerException("the stream ended without an answer") from None
+                if error is not None:
+                    raise error
+                step = result.as_numpy(PROGRESS.name)
+                if step is None:
+                    return result
+                if progress is not None:
+                    progress(int(step[0]), int(step[1]))
+        finally:
+            answered.set()
+            responses.cancel()  # a no-op once the stream has ended; otherwise Triton cancels the request
 
     async def model_ready(self, model: str) -> bool:
         """Triton up and ready, and this model loaded and ready; False on any failure, never a hang."""

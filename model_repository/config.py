@@ -122,8 +122,10 @@ def pipeline_config(family: Family, pipeline: PipelineModel, profile: str, param
     task = TASKS[pipeline.task]
     return (
         _header(pipeline.triton_model, 'backend: "python"')
+        # Decoupled: progress responses stream out during the denoising loop, the output last (pipeline_model.py).
+        + "model_transaction_policy { decoupled: true }\n"
         + _tensors("input", task.inputs)
-        + _tensors("output", task.output.tensors)
+        + _tensors("output", task.output.stream_tensors)
         + _instance_group(profile)
         + _queue_policy(pipeline)
         + _parameters({"family": family.name, "task": str(pipeline.task), "profile": profile, **params})

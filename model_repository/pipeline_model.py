@@ -12,7 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 from components.lora_weights import LoraSet
 from registry import SOURCE_PARAMETER_PREFIX, TASKS, Kind, Task, TaskSpec, invalid_request_message
-from registry.tasks import CHECKPOINT, LORAS, MEDIA
+from registry.tasks import CHECKPOINT, LORAS, MEDIA, MODEL, PIPELINE_S, PROGRESS
 
 from .bls import BlsClient, ComponentRefused, RequestCancelled
 from .pipelines import InvalidRequest, PipelineRequest, Pipelines
@@ -69,38 +69,53 @@ class TritonPythonModel:
             dtype=torch.bfloat16 if gpu else torch.float32,
         )
 
-    def execute(self, requests: list) -> list:
-        responses = []
+    def execute(self, requests: list) -> None:
+        # Decoupled (config.py): each request's answers go out through its response sender, not as a return value.
         for request in requests:
+            sender = request.get_response_sender()
+            final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
             try:
-                if request.is_cancelled():  # cancelled while it waited in Triton's queue
-                    raise RequestCancelled("cancelled before it started")
-                with self.client.serving(request.is_cancelled):
-                    images, label, seconds = self.pipelines(_request(self.task, request))
-                if self.client.profile:
-                    pb_utils.Logger.log_info(f"pipeline {seconds * 1000:.0f} ms; {self.client.take_timings()}")
-                outputs = {
-                    self.task.output.tensors[0].name: torch.from_numpy(images),  # IMAGES, or a video's FRAMES
-                    "MODEL": torch.tensor(list(label.encode()), dtype=torch.uint8),
-                    "PIPELINE_S": torch.tensor([seconds], dtype=torch.float32),
-                }
-                # By DLPack, not numpy: numpy outputs fail when the stub's environment has numpy 2 (registry/tasks.py).
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        output_tensors=[
-                            pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(t.contiguous()))
-                            for name, t in outputs.items()
-                        ]
-                    )
-                )
-            except RequestCancelled as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
-                responses.append(pb_utils.InferenceResponse(error=error))
-            except (InvalidRequest, ComponentRefused) as exc:
-                # The client's fault: Triton's INVALID_ARG code, the field in the message (registry/contract.py).
-                message = str(exc) if isinstance(exc, InvalidRequest) else invalid_request_message(exc.field, str(exc))
-                error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
-            except Exception as exc:  # reported to the caller as an internal error, the model stays up
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"pipeline failed: {exc!r}")))
-        return responses
+                sender.send(self._answer(request, sender), flags=final)
+            except Exception as exc:  # the model stays up; the caller gets the error
+                sender.send(pb_utils.InferenceResponse(error=self._error(exc)), flags=final)
+
+    def _answer(self, request: object, sender: object) -> object:
+        if sender.is_cancelled():  # cancelled while it waited in Triton's queue
+            raise RequestCancelled("cancelled before it started")
+
+        def progress(step: int, steps: int) -> None:
+            # Between steps: the stream carries "step i of n" to the caller (jobs report it, api/jobs.py).
+            sender.send(_response({PROGRESS.name: torch.tensor([step, steps], dtype=torch.int32)}))
+
+        with self.client.serving(sender.is_cancelled):
+            images, label, seconds = self.pipelines(_request(self.task, request), progress)
+        if self.client.profile:
+            pb_utils.Logger.log_info(f"pipeline {seconds * 1000:.0f} ms; {self.client.take_timings()}")
+        return _response(
+            {
+                self.task.output.pixels.name: torch.from_numpy(images),
+                MODEL.name: torch.tensor(list(label.encode()), dtype=torch.uint8),
+                PIPELINE_S.name: torch.tensor([seconds], dtype=torch.float32),
+            }
+        )
+
+    @staticmethod
+    def _error(exc: Exception) -> object:
+        if isinstance(exc, RequestCancelled):
+            return pb_utils.TritonError(str(exc), pb_utils.TritonError.CANCELLED)
+        if isinstance(exc, (InvalidRequest, ComponentRefused)):
+            # The client's fault: the field in the message (registry/contract.py), Triton's INVALID_ARG code.
+            message = str(exc) if isinstance(exc, InvalidRequest) else invalid_request_message(exc.field, str(exc))
+            return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+        # Wrapped, so no failure's text can pass for the contract's message (api/ answers it as a 500).
+        return pb_utils.TritonError(f"pipeline failed: {exc!r}")
+
+
+def _response(outputs: dict[str, torch.Tensor]) -> object:
+    # By DLPack, not numpy: numpy outputs fail when the stub's environment has numpy 2 (registry/tasks.py).
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(t.contiguous()))
+            for name, t in outputs.items()
+        ]
+    )

@@ -94,7 +94,14 @@ def component_shapes(component: Component, onnx_path: Path, sizes: dict[str, int
 
 
 def _measure(
-    model: str, url: str, work_dir: Path, data_args: list[str], concurrency: str, request_count: int, timeout_s: float
+    model: str,
+    url: str,
+    work_dir: Path,
+    data_args: list[str],
+    concurrency: str,
+    request_count: int,
+    timeout_s: float,
+    streaming: bool = False,
 ) -> dict[str, float]:
     report = work_dir / "report.csv"
     cmd = [
@@ -106,6 +113,8 @@ def _measure(
         "-i",
         "grpc",
         *data_args,
+        # Pipeline models are decoupled (progress, then the answer): only a gRPC stream reaches them.
+        *(["--streaming"] if streaming else []),
         "--concurrency-range",
         concurrency,
         "--measurement-mode",
@@ -143,7 +152,8 @@ def run(
     data = work_dir / "input.json"
     data.write_text(json.dumps(input_data(route, **overrides)))
     model = pipeline_model_of(route)
-    return _measure(model, url, work_dir, ["--input-data", str(data)], concurrency, request_count, timeout_s)
+    data_args = ["--input-data", str(data)]
+    return _measure(model, url, work_dir, data_args, concurrency, request_count, timeout_s, streaming=True)
 
 
 def run_component(

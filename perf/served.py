@@ -16,7 +16,7 @@ from stack.triton_server import Ports, TritonServer
 from .metrics import cost_usd, psnr
 from .perf_analyzer import request_values
 from .report import Row
-from .triton_http import infer
+from .triton_stream import infer
 
 # The benchmark's prompt and seed, for the eager and the served image alike.
 PROMPT = "a lighthouse on a cliff at dawn, cinematic"
@@ -63,7 +63,7 @@ def _request(route: str, width: int, height: int, steps: int | None = None) -> d
     """The benchmark's request (its prompt and seed, so the image compares with the eager one), route defaults."""
     overrides = {"steps": steps} if steps is not None else {}
     values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height, **overrides)
-    # text as bytes: triton_http sends it as UTF-8 in a UINT8 tensor
+    # text as bytes: triton_stream sends it as UTF-8 in a UINT8 tensor
     specs = task_of(ROUTES[route]).inputs
     return {s.name: (s.dtype, v.encode() if isinstance(v := values[s.name], str) else v) for s in specs}
 
@@ -102,7 +102,7 @@ def run_served(
         times = []
         for _ in range(repeats):
             t1 = time.perf_counter()
-            out = infer(server.http_url, pipeline, request)
+            out = infer(server.grpc_url, pipeline, request)
             times.append(time.perf_counter() - t1)
         profile = [ln for ln in (work / "triton-cold.log").read_text().splitlines() if " calls" in ln]
         if profile:  # RYLA_PROFILE_BLS=1: where the served time went, per component
@@ -112,9 +112,9 @@ def run_served(
         at_steps = {}
         for n in steps:
             other = _request(route, width, height, n)
-            infer(server.http_url, pipeline, other)  # a new step count: schedulers, no compile
+            infer(server.grpc_url, pipeline, other)  # a new step count: schedulers, no compile
             t1 = time.perf_counter()
-            infer(server.http_url, pipeline, other)
+            infer(server.grpc_url, pipeline, other)
             at_steps[n] = time.perf_counter() - t1
             log(f"served end to end at {n} steps: {at_steps[n]:.3f} s")
     finally:
@@ -153,7 +153,7 @@ def _cold_start(
     try:
         ready_s = server.wait_ready(timeout_s=600)
         log(f"{label} start: tritonserver ready (all models loaded) in {ready_s:.1f}s")
-        infer(server.http_url, pipeline, request)
+        infer(server.grpc_url, pipeline, request)
         first_image_s = time.perf_counter() - t0
         log(f"{label} start: first image {first_image_s:.1f}s after start")
     except Exception:

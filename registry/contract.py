@@ -1,9 +1,9 @@
 """Messages that cross the wire between the Triton pipeline models and api/.
 
 A pipeline model that rejects a request for a reason only the model knows (a prompt over the text encoder's token
-limit) answers with Triton's INVALID_ARG error code (gRPC INVALID_ARGUMENT) and a JSON message naming the field;
-api/ turns it into a 422 naming that field instead of a 500. Triton 2.51's python backend passes both through
-unchanged (`pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)`).
+limit) answers with Triton's INVALID_ARG error code and a JSON message naming the field; api/ turns it into a 422
+naming that field instead of a 500. The gRPC stream that carries a decoupled model's responses passes the message
+only, so the message's exact shape is what api/ reads; the pipeline model wraps every other failure's text.
 """
 
 from __future__ import annotations

@@ -125,6 +125,16 @@ class Output:
     tensors: tuple[TensorSpec, ...]
     fields: tuple[Field, ...]
 
+    @property
+    def pixels(self) -> TensorSpec:
+        """IMAGES (N x H x W x 3), or a video's FRAMES (N x F x H x W x 3): the tensor that ends a response stream."""
+        return self.tensors[0]
+
+    @property
+    def stream_tensors(self) -> tuple[TensorSpec, ...]:
+        """Every tensor a response of the pipeline model's stream may carry."""
+        return (*self.tensors, PROGRESS)
+
 
 @dataclass(frozen=True)
 class SampleMedia:
@@ -371,6 +381,9 @@ LORA_FIELDS: tuple[Field, ...] = (
 # ("output tensor shape does not match size of output"), DLPack ones pass.
 MODEL = TensorSpec("MODEL", "UINT8", (-1,))
 PIPELINE_S = TensorSpec("PIPELINE_S", "FP32", (1,))  # seconds spent inside the pipeline model
+# Pipeline models are decoupled (a stream of responses per request): after each denoising step a response with only
+# PROGRESS = [step, steps]; the last response carries the output's tensors instead.
+PROGRESS = TensorSpec("PROGRESS", "INT32", (2,))
 
 IMAGES = Output(
     "images",

@@ -165,9 +165,10 @@ def test_openapi_names_every_route_with_its_schema(client: TestClient) -> None:
     assert "HTTPValidationError" not in schemas
 
 
-# Every status a generating route can answer: the gateway's (400 from uvicorn, 401, 408, 413), validation's (422),
-# the queue's (429) and the backend's (500, 503, 504). 405 for another method is left out.
-GENERATING_STATUSES = {200, 400, 401, 408, 413, 422, 429, 500, 503, 504}
+# Every status a generating route can answer: the answer (200, or 202 for a job), the gateway's (400 from uvicorn,
+# 401, 408, 413), validation's (422), the queue's (429) and the backend's (500, 503, 504). 405 for another method is
+# left out.
+GENERATING_STATUSES = {200, 202, 400, 401, 408, 413, 422, 429, 500, 503, 504}
 
 
 def test_openapi_documents_every_status_a_route_gives(client: TestClient) -> None:
@@ -176,7 +177,8 @@ def test_openapi_documents_every_status_a_route_gives(client: TestClient) -> Non
         responses = spec["paths"][path]["post"]["responses"]
         statuses = GENERATING_STATUSES | ({404} if ROUTES[path].lora else set())  # a LoRA not in the store
         assert set(responses) == {str(s) for s in statuses}, path
-        for status in statuses - {200}:
+        assert responses["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobAccepted")
+        for status in statuses - {200, 202}:
             entry = responses[str(status)]
             assert entry["description"] == CODES[status]
             assert entry["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")

@@ -1,5 +1,6 @@
-"""Operating the stack: perf_analyzer stays wired to every route and component. (A stopped or restarted Triton, an
-unloaded model: test_api_triton.py, against a real Triton serving a stand-in model.)"""
+"""Operating the stack: perf_analyzer and the GPU benchmark's stream client stay wired to every route and component.
+(A stopped or restarted Triton, an unloaded model: test_api_triton.py, against a real Triton serving a stand-in
+model.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from perf import perf_analyzer
-from registry import ROUTES, task_of
+from registry import ROUTES, pipeline_model_of, task_of
 from stack.triton_server import TritonServer
 
 PATH = next(iter(ROUTES))
@@ -20,6 +21,18 @@ def test_perf_analyzer_measures_the_pipeline(triton: TritonServer, tmp_path: Pat
     row = perf_analyzer.run(PATH, triton.grpc_url, tmp_path, concurrency="1", request_count=2, size=size, steps=1)
     assert row["Inferences/Second"] > 0
     assert row["p50 latency"] > 0
+
+
+def test_the_benchmarks_stream_client_gets_the_pipelines_answer(triton: TritonServer) -> None:
+    """perf/served.py's client (the GPU benchmark's) reads past the progress responses to the answer, the same
+    image the API serves for that request."""
+    from perf.served import _request
+    from perf.triton_stream import infer
+
+    route, size = ROUTES[PATH], ROUTES[PATH].limits.min_size
+    out = infer(triton.grpc_url, pipeline_model_of(PATH), _request(PATH, size, size, steps=2), timeout_s=120)
+    assert out["IMAGES"].shape == (1, size, size, 3) and out["IMAGES"].dtype == np.uint8
+    assert out["MODEL"].tobytes().decode().startswith("local:") and float(out["PIPELINE_S"][0]) > 0, route
 
 
 @pytest.mark.parametrize("path", list(ROUTES))
