@@ -117,6 +117,7 @@ GPU_PYTHON_PACKAGES: tuple[str, ...] = (
     "prometheus-client>=0.20",
     "pillow>=10",
     "av>=14",
+    "ftfy>=6",
     "httpx>=0.27",
     "fastapi-offline==1.7.7",
 )
@@ -816,6 +817,24 @@ def build_wan(force: bool = False, allow_unpinned: bool = False) -> dict[str, An
     return build_group("wan", force=force, allow_unpinned=allow_unpinned)
 
 
+@app.cls(**serving_options("wan-r2v"))
+@modal.concurrent(**concurrency("wan-r2v"))
+class WanR2vServer(GroupServer):
+    """Triton + the API for the wan-r2v group's route (VACE: reference videos to a new clip)."""
+
+    group = "wan-r2v"
+
+    @modal.asgi_app(label=web_label("wan-r2v"))
+    def web(self) -> FastAPI:
+        return self.web_app
+
+
+@app.function(**BUILD_OPTIONS)
+def build_wan_r2v(force: bool = False, allow_unpinned: bool = False) -> dict[str, Any]:
+    """Download, export, build engines and lay out the model repository of the wan-r2v group."""
+    return build_group("wan-r2v", force=force, allow_unpinned=allow_unpinned)
+
+
 # Group -> its serving class and build function, as the smoke test and the tests look them up.
 SERVING_CLASSES: dict[str, modal.Cls] = {
     "flux": FluxServer,
@@ -824,6 +843,7 @@ SERVING_CLASSES: dict[str, modal.Cls] = {
     "z-image": ZImageServer,
     "lora": LoraServer,
     "wan": WanServer,
+    "wan-r2v": WanR2vServer,
 }
 BUILD_FUNCTIONS: dict[str, modal.Function] = {
     "flux": build_flux,
@@ -832,6 +852,7 @@ BUILD_FUNCTIONS: dict[str, modal.Function] = {
     "z-image": build_z_image,
     "lora": build_lora,
     "wan": build_wan,
+    "wan-r2v": build_wan_r2v,
 }
 
 # ## Smoke test against the deployed endpoint

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from registry import Kind, Route, UnsupportedRoute, pipeline_model_of, task_of
-from registry.tasks import MAX_SEED
+from registry.tasks import MAX_SEED, key_frames_per_video
 
 from .answer import RESPONSE_HEADERS, Generated, Timings, answer_of, response_of
 from .cancellation import unless_client_leaves
@@ -28,6 +28,7 @@ from .media import MediaLimits, check_same_size, decode_image_array
 from .schemas import GenerationAnswer, JobAccepted, RequestBody, request_model
 from .state import ApiState, Backend, State
 from .triton_client import PipelineResult, Progress, TritonBackend
+from .video_decoding import VideoLimits, decode_video, sample_key_frames
 from .video_encoding import MIME_TYPES as VIDEO_MIMES
 from .video_encoding import encode_video
 
@@ -47,6 +48,9 @@ def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
         value = getattr(body, f.name, None)
         if value is None:
             continue
+        if f.kind is Kind.VIDEO:
+            media[f.name] = decode_key_frames(route, f.name, value)
+            continue
         mode = "L" if f.kind is Kind.MASK else "RGB"
         if f.items is None:
             media[f.name] = decode_image_array(value, f.name, limits, mode=mode)
@@ -57,6 +61,17 @@ def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
         if f.same_size_as and f.same_size_as in media:
             check_same_size(media[f.same_size_as], media[f.name], f.name, f.same_size_as)
     return media
+
+
+def decode_key_frames(route: Route, name: str, value: str | list[str]) -> Any:
+    """A video field's key frames (K x H x W x 3), a tuple of them for a list field: the first, middle and last
+    frames of one clip, one frame of each of several (registry/tasks.py: key_frames_per_video)."""
+    lim = route.limits
+    limits = VideoLimits(lim.max_video_bytes, lim.max_video_frames, lim.max_video_pixels, lim.max_video_seconds)
+    if isinstance(value, str):
+        return sample_key_frames(decode_video(value, name, limits), key_frames_per_video(1))
+    per = key_frames_per_video(len(value))
+    return tuple(sample_key_frames(decode_video(v, f"{name}[{i}]", limits), per) for i, v in enumerate(value))
 
 
 @dataclass(frozen=True)

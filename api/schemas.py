@@ -22,6 +22,7 @@ from registry import Kind, Route, TaskSpec, task_of
 from registry.tasks import COMMON, LORA_FIELDS, MAX_LORA_SCALE, resolve
 
 MEDIA_DESCRIPTION = "base64 (PNG, JPEG or WEBP), data: prefix optional"
+VIDEO_DESCRIPTION = "base64 (MP4, WebM, MOV, MKV, animated WebP or GIF), data: prefix optional"
 
 
 def _has_text(value: str) -> str:
@@ -91,6 +92,19 @@ class RequestBody(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _either(self) -> RequestBody:
+        # A field that is an alternative of another (reference_video or reference_videos): exactly one of them.
+        for f in self.task.fields_of(self.route):
+            if f.either_of is None:
+                continue
+            given = [name for name in (f.name, f.either_of) if getattr(self, name, None) is not None]
+            if len(given) == 2:
+                raise _error(f.either_of, f"send {f.name} or {f.either_of}, not both", getattr(self, f.either_of))
+            if not given:
+                raise _error(f.name, f"{f.name} or {f.either_of} is required", None)
+        return self
+
+    @model_validator(mode="after")
     def _one_lora(self) -> RequestBody:
         # api.md: a LoRA route takes exactly one of lora_id and lora_name (loras stack more on top of it).
         if not self.route.lora:
@@ -138,10 +152,10 @@ def _annotation(f: TaskField, route: Route) -> Any:
         base = Literal[f.choices_of(route)]  # type: ignore[valid-type]
     elif f.kind is Kind.LORAS:
         return Annotated[list[LoraItem], Field(max_length=resolve(f.max_length, route))] | None
-    else:  # media: checked and decoded by api/media.py before the request queues
+    else:  # media: checked and decoded (api/media.py, api/video_decoding.py) before the request queues
         base = str
         rules["min_length"] = 1
-        rules["description"] = MEDIA_DESCRIPTION
+        rules["description"] = VIDEO_DESCRIPTION if f.kind is Kind.VIDEO else MEDIA_DESCRIPTION
     annotation: Any = Annotated[base, Field(**rules), *extra]
     if f.items is not None:
         annotation = Annotated[list[annotation], Field(max_length=resolve(f.max_length, route))]  # type: ignore[valid-type]

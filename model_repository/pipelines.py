@@ -27,7 +27,7 @@ from PIL import Image
 
 from components.lora_weights import LoraSet
 from families import hooks
-from registry import CHECKPOINTS, FAMILIES, TASKS, Field, Task, invalid_request_message
+from registry import CHECKPOINTS, FAMILIES, TASKS, Field, Kind, Task, invalid_request_message
 
 from .processors import load_processor
 from .proxies import ComponentClient, ComponentProxy, proxies_for
@@ -99,9 +99,12 @@ def _pil(pixels: np.ndarray) -> Image.Image:
 
 
 def _argument(f: Field, value: Any) -> Any:
-    """A field's value as the pipeline takes it: media as PIL images."""
+    """A field's value as the pipeline takes it: media as PIL images, a video's key frames as a tuple of them."""
     if not f.media:
         return value
+    if f.kind is Kind.VIDEO:  # K x H x W x 3 per video; none where the other field of a pair crossed
+        videos = value if isinstance(value, tuple) else () if value is None else (value,)
+        return tuple(_pil(frame) for video in videos for frame in video)
     return tuple(_pil(v) for v in value) if isinstance(value, tuple) else _pil(value)
 
 

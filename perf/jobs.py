@@ -47,14 +47,17 @@ def trial(client: httpx.Client, slow: str, fast: str, size: int, steps: int, can
     job = client.post(slow, json=sample_body(ROUTES[slow], steps=steps, size=size, seed=1), headers=ASYNC)
     job.raise_for_status()
     status_url = job.json()["status_url"]
-    seen: set[int] = set()
+    seen: dict[int, float] = {}  # step -> when polling first saw it
     polls, deadline = 0, time.monotonic() + 300
     while (status := client.get(status_url).json())["progress"]["step"] < cancel_at:
         if time.monotonic() > deadline:
             raise TimeoutError("the job made no progress in 300 s")
-        seen.add(status["progress"]["step"])
+        seen.setdefault(status["progress"]["step"], time.monotonic())
         polls += 1
     step_at_cancel = status["progress"]["step"]
+    seen.setdefault(step_at_cancel, time.monotonic())
+    first = min(s for s in seen if s > 0)
+    job_step_s = (seen[step_at_cancel] - seen[first]) / max(1, step_at_cancel - first)
     t0 = time.perf_counter()
     cancelled = client.delete(status_url)
     cancel_s = time.perf_counter() - t0
@@ -62,6 +65,7 @@ def trial(client: httpx.Client, slow: str, fast: str, size: int, steps: int, can
     final = client.get(status_url).json()
     return {
         "step_s": step_s,
+        "job_step_s": job_step_s,  # the same, from the job's own progress as polling saw it
         "alone_s": alone_s,
         "cancel_answer_s": cancel_s,
         "cancel_status": float(cancelled.status_code),
@@ -69,7 +73,7 @@ def trial(client: httpx.Client, slow: str, fast: str, size: int, steps: int, can
         "freed_after_steps": max(0.0, waited_s - alone_s) / step_s if step_s > 0 else float("nan"),
         "step_at_cancel": float(step_at_cancel),
         "last_step": float(final["progress"]["step"]),
-        "steps_seen_by_polling": float(len(seen | {step_at_cancel})),
+        "steps_seen_by_polling": float(len(seen)),
         "polls": float(polls),
     }
 

@@ -19,6 +19,7 @@ class Task(StrEnum):
     EDIT = "edit"  # source_image (+ reference_images) edited by an instruction
     INPAINT = "inpaint"  # source_image repainted where mask_image is white
     TEXT_TO_VIDEO = "text_to_video"
+    REFERENCE_TO_VIDEO = "reference_to_video"  # a new clip of the character in reference_video(s)
 
 
 class Guidance(StrEnum):
@@ -216,6 +217,12 @@ class Limits:
     min_frames: int = 5
     max_frames: int = 121
     max_fps: int = 30
+    # Video inputs (reference_videos items), each checked before it is decoded in full (api/video_decoding.py).
+    max_reference_videos: int = 3
+    max_video_bytes: int = 50 * 1024 * 1024
+    max_video_frames: int = 300
+    max_video_pixels: int = 1920 * 1080
+    max_video_seconds: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,12 @@ class Kind(StrEnum):
     CHOICE = "choice"  # one of a set of strings
     IMAGE = "image"  # base64 PNG, JPEG or WEBP; crosses decoded, H x W x RGB uint8
     MASK = "mask"  # an image read as one channel; crosses H x W uint8, 255 = white
+    # base64 MP4, WebM, MOV, MKV, animated WebP or GIF; crosses as its key frames (sampled by the API), K x H x W x RGB
+    VIDEO = "video"
     LORAS = "loras"  # a list of {"name" or "url", "scale"} objects (api.md `loras`)
 
 
-MEDIA = (Kind.IMAGE, Kind.MASK)
+MEDIA = (Kind.IMAGE, Kind.MASK, Kind.VIDEO)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Field:
     only_if: str | None = None  # present only on routes whose attribute of this name is set (aspect_ratios)
     # Another name of that field (num_frames' `length`): either may be sent, not both; its value becomes that field's.
     alias_of: str | None = None
+    # This field or that one, exactly one of them (reference_video or reference_videos).
+    either_of: str | None = None
     tensor: TensorSpec | None = None
     keyword: str | None = None
 
@@ -443,6 +447,40 @@ def _frames(name: str, description: str, **kw: Any) -> Field:
     )
 
 
+def _clip_fields() -> tuple[Field, ...]:
+    """A video answer's size and length (num_frames, or its other name length)."""
+    return (
+        _size("width"),
+        _size("height"),
+        _frames(
+            "num_frames",
+            "Frames of the clip: 4k+1",
+            default=FromRoute("num_frames"),
+            tensor=TensorSpec("NUM_FRAMES", "INT32", (1,)),
+            keyword="num_frames",
+        ),
+        _frames("length", "Another name of num_frames (the playground sends it)", alias_of="num_frames"),
+    )
+
+
+KEY_FRAMES = 3  # reference images a reference-to-video request gives in all: three of one clip, one of each of several
+
+
+def key_frames_per_video(videos: int) -> int:
+    return max(1, KEY_FRAMES // videos)
+
+
+def _reference_video(name: str, tensor: str, description: str, **kw: Any) -> Field:
+    return Field(
+        name,
+        Kind.VIDEO,
+        description,
+        tensor=TensorSpec(tensor, "UINT8", (-1, -1, -1, 3), optional=True),  # one of the two fields crosses
+        keyword="reference_images",
+        **kw,
+    )
+
+
 TASKS: dict[Task, TaskSpec] = {
     spec.task: spec
     for spec in (
@@ -469,19 +507,33 @@ TASKS: dict[Task, TaskSpec] = {
             Task.TEXT_TO_VIDEO,
             own=(
                 _prompt("prompt", "What to film"),
-                _size("width"),
-                _size("height"),
-                _frames(
-                    "num_frames",
-                    "Frames of the clip: 4k+1",
-                    default=FromRoute("num_frames"),
-                    tensor=TensorSpec("NUM_FRAMES", "INT32", (1,)),
-                    keyword="num_frames",
-                ),
-                _frames("length", "Another name of num_frames (the playground sends it)", alias_of="num_frames"),
+                *_clip_fields(),
             ),
             output=VIDEO,
             sample={"prompt": "a red fox running through the snow"},
+            size_fields=("width", "height"),
+        ),
+        TaskSpec(
+            Task.REFERENCE_TO_VIDEO,
+            own=(
+                _prompt("prompt", "What the character does in the new clip"),
+                *_clip_fields(),
+                _reference_video(
+                    "reference_video",
+                    "REFERENCE_VIDEO",
+                    "The character to film: a clip whose key frames (first, middle, last) condition the new one",
+                    either_of="reference_videos",
+                ),
+                _reference_video(
+                    "reference_videos",
+                    "REFERENCE_VIDEOS",
+                    "Instead of reference_video: up to three clips of the character, a key frame of each",
+                    items=3,
+                    max_length=FromRoute("limits.max_reference_videos"),
+                ),
+            ),
+            output=VIDEO,
+            sample={"prompt": "the character walks along a beach at sunset", "reference_video": SampleMedia()},
             size_fields=("width", "height"),
         ),
         TaskSpec(

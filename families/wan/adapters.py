@@ -1,5 +1,5 @@
-"""Wan's modules as tensor-only graphs: the UMT5 encoder, the transformer (either expert of Wan2.2, or Wan2.1's
-only one) and the VAE decoder, in steps.
+"""Wan's modules as tensor-only graphs: the UMT5 encoder, the transformer (either expert of Wan2.2, Wan2.1's only
+one, or VACE's with its control input) and the VAE decoder and encoder, in steps.
 
 The Wan VAE decodes one latent frame at a time (its `_decode` loops over them), each causal 3D convolution keeping
 the last two frames it saw in a cache for the next one. Traced whole, that loop fixes the frame count (one exported
@@ -12,7 +12,8 @@ plain inputs and outputs, and the frame loop runs on the host (proxies.py):
 
 From frame 1 on every cache holds two frames, so both graphs have fixed cache frame counts and dynamic height and
 width; any clip of 4k+1 frames (k >= 1) decodes through them, exactly as the stock loop does (the same modules on the
-same tensors).
+same tensors). The encoder (VACE's conditioning clips) is split the same way, 5 frames first then 4 per step; a
+reference image, one frame, has a graph of its own.
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ class WanVaeDecoderStep(Wrapped):
         return (frames, *updated)
 
 
+class WanVaceTransformer(Wrapped):
+    """WanTransformer's inputs plus VACE's: control_hidden_states (batch, VACE channels, latent frames, latent H,
+    latent W), the conditioning latents, and control_hidden_states_scale (one per VACE layer)."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        control_hidden_states: torch.Tensor,
+        control_hidden_states_scale: torch.Tensor,
+    ) -> torch.Tensor:
+        return self.model(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            control_hidden_states=control_hidden_states,
+            control_hidden_states_scale=control_hidden_states_scale,
+            return_dict=False,
+        )[0]
+
+
 def _encode_chunk(vae: torch.nn.Module, frames: torch.Tensor, caches: list) -> tuple[torch.Tensor, int]:
     """One iteration of AutoencoderKLWan._encode: pixel frames through the encoder, `caches` updated in place, then
     quant_conv (1x1x1, per latent frame) as _encode applies it to the whole clip. Returns the moments (mean, then
@@ -115,6 +138,16 @@ class WanVaeEncoderStep(Wrapped):
         return (moments, *updated)
 
 
+class WanVaeEncoderImage(Wrapped):
+    """One frame (batch, 3, 1, H, W), a VACE reference image -> its moments (batch, 2z, 1, H/8, W/8): the stock
+    encode of a one-frame clip (no cache is read, and none is kept)."""
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        caches: list = [None] * causal_convs(self.model.encoder)
+        moments, _ = _encode_chunk(self.model, sample, caches)
+        return moments
+
+
 def _umt5(path: Path) -> torch.nn.Module:
     from transformers import UMT5EncoderModel
 
@@ -125,6 +158,12 @@ def _transformer(path: Path) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
     return WanTransformer(WanTransformer3DModel.from_pretrained(path))
+
+
+def _vace_transformer(path: Path) -> torch.nn.Module:
+    from diffusers import WanVACETransformer3DModel
+
+    return WanVaceTransformer(WanVACETransformer3DModel.from_pretrained(path))
 
 
 def _vae(path: Path) -> torch.nn.Module:
@@ -147,6 +186,28 @@ def _transformer_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tenso
         torch.rand(b) * 1000,  # the scheduler's timesteps, 0..1000
         torch.randn(b, s["text_tokens"], c.text_dim),
     )
+
+
+def _vace_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    c = module.model.config
+    latent = (s["batch"], c.vace_in_channels, s["latent_frames"], s["latent_height"], s["latent_width"])
+    return (*_transformer_example(module, s), torch.randn(latent), torch.rand(len(c.vace_layers)) + 0.5)
+
+
+def _encoder_first_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    return (torch.rand(s["batch"], 3, 5, s["height"], s["width"]) * 2 - 1,)
+
+
+def _encoder_step_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    """4 frames and the caches a real clip leaves: the first step run on random frames."""
+    first = WanVaeEncoderFirst(module.model)
+    with torch.no_grad():
+        _, *caches = first(*_encoder_first_example(first, s))
+    return (torch.rand(s["batch"], 3, 4, s["height"], s["width"]) * 2 - 1, *caches)
+
+
+def _encoder_image_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
+    return (torch.rand(s["batch"], 3, 1, s["height"], s["width"]) * 2 - 1,)
 
 
 def _first_example(module: torch.nn.Module, s: Shape) -> tuple[torch.Tensor, ...]:
@@ -186,6 +247,10 @@ ADAPTERS: dict[str, Adapter] = {
     "wan_transformer": Adapter(_transformer, _transformer_example),
     "wan_vae_decoder_first": Adapter(lambda p: WanVaeDecoderFirst(_vae(p)), _first_example),
     "wan_vae_decoder_step": Adapter(lambda p: WanVaeDecoderStep(_vae(p)), _step_example),
+    "wan_vace_transformer": Adapter(_vace_transformer, _vace_example),
+    "wan_vae_encoder_first": Adapter(lambda p: WanVaeEncoderFirst(_vae(p)), _encoder_first_example),
+    "wan_vae_encoder_step": Adapter(lambda p: WanVaeEncoderStep(_vae(p)), _encoder_step_example),
+    "wan_vae_encoder_image": Adapter(lambda p: WanVaeEncoderImage(_vae(p)), _encoder_image_example),
 }
 
 # Small clips: the VAE steps dominate an export's parity check on a CPU.

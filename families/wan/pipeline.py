@@ -16,4 +16,7 @@ def wan_call(pipe: Any, kwargs: dict[str, Any], generator: torch.Generator) -> d
 
 
 # Pipeline class -> how its call's keyword arguments are adapted (model_repository/pipelines.py applies it).
-CALL_HOOKS: dict[str, Callable[[Any, dict[str, Any], torch.Generator], dict[str, Any]]] = {"WanPipeline": wan_call}
+CALL_HOOKS: dict[str, Callable[[Any, dict[str, Any], torch.Generator], dict[str, Any]]] = {
+    "WanPipeline": wan_call,
+    "WanVACEPipeline": wan_call,
+}

@@ -3,9 +3,11 @@ component models with the causal caches handed from one call to the next (adapte
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from model_repository.proxies import ComponentOutputs, ComponentProxy, VaeProxy
 
@@ -14,11 +16,39 @@ from .adapters import FIRST_LATENT_FRAMES
 
 class WanVaeProxy(VaeProxy):
     """`vae.decode(latents)` as WanPipeline calls it: the first two latent frames through this component, each later
-    one through `decoder_step` (the "vae.decoder_step" component, joined by proxies_for)."""
+    one through `decoder_step` (the "vae.decoder_step" component, joined by proxies_for). Where the checkpoint serves
+    the encoder (VACE), `vae.encode(clip)`: a one-frame clip (a reference image) through `encoder_image`, a longer
+    one through `encoder` (5 frames) then `encoder_step` (4 at a time), the caches handed on."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.decoder_step: ComponentProxy | None = None
+        self.encoder_step: ComponentProxy | None = None
+        self.encoder_image: ComponentProxy | None = None
+
+    @property
+    def temperal_downsample(self) -> list[bool]:
+        # AutoencoderKLWan's attribute (sic), from which WanVACEPipeline derives its scale factors.
+        return list(self.config["temperal_downsample"])
+
+    def encode(self, sample: torch.Tensor, return_dict: bool = True) -> SimpleNamespace:  # type: ignore[override]
+        frames = sample.shape[2]
+        if self.encoder is None or self.encoder_step is None or self.encoder_image is None:
+            raise TypeError(f"{self.component.triton_model}: this checkpoint serves no VAE encoder")
+        if frames == 1:
+            (moments,) = self.encoder_image.call({"sample": sample})
+        elif (frames - 1) % 4 or frames < 5:
+            raise ValueError(f"the Wan VAE encodes 1 or 4k+1 frames (k >= 1), got {frames}")
+        else:
+            moments, *caches = self.encoder.call({"sample": sample[:, :, :5]})
+            chunks = [moments]
+            for start in range(5, frames, 4):
+                named: dict[str, Any] = {"sample": sample[:, :, start : start + 4]}
+                named |= {f"cache_{j}": cache for j, cache in enumerate(caches)}
+                moments, *caches = self.encoder_step.call(named)
+                chunks.append(moments)
+            moments = torch.cat(chunks, dim=2)
+        return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(moments))
 
     def decode(self, latent: torch.Tensor, return_dict: bool = False) -> ComponentOutputs:  # type: ignore[override]
         frames, step = latent.shape[2], self.decoder_step

@@ -14,13 +14,15 @@ from functools import cache
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.samples import png_base64, sample_body, sample_pixels
+from api.samples import media_base64, png_base64, sample_body, sample_pixels
 from api.schemas import request_model
 from api.settings import Settings
+from api.video_encoding import encode_video
 from registry import ROUTES, Field, Kind, Route, SampleMedia, task_of
 from registry.tasks import resolve
 from tests.stack_fixtures import free_port
@@ -48,12 +50,21 @@ def _good(path: str) -> dict[str, Any]:
 
 @cache
 def _small_media(path: str) -> dict[str, str]:
+    """Small media for the media fields a request must carry (of a pair of alternatives, the first)."""
     route = ROUTES[path]
-    return {
-        f.name: png_base64(sample_pixels(SampleMedia(SIZE, SIZE), f.kind))
-        for f in task_of(route).fields_of(route)
-        if f.media and f.required
-    }
+    return {f.name: small(f.kind) for f in task_of(route).fields_of(route) if f.media and (f.required or f.either_of)}
+
+
+def small(kind: Kind) -> str:
+    return media_base64(sample_pixels(SampleMedia(SIZE, SIZE), kind), kind)
+
+
+def with_value(path: str, field: str, value: object) -> dict[str, Any]:
+    """The good body with `field` set, its alternative (reference_video / reference_videos) left out."""
+    route = ROUTES[path]
+    pairs = {(f.name, f.either_of) for f in task_of(route).fields_of(route) if f.either_of}
+    partners = {b for a, b in pairs if a == field} | {a for a, b in pairs if b == field}
+    return {**{k: v for k, v in good(path).items() if k not in partners}, field: value}
 
 
 def assert_invalid(r: httpx.Response, field: str, status: int = 422) -> None:
@@ -115,7 +126,7 @@ CASES = [
 def test_a_broken_rule_is_a_422_naming_the_field(
     client: TestClient, path: str, field: str, value: object, named: str
 ) -> None:
-    assert_invalid(client.post(path, json={**good(path), field: value}), named)
+    assert_invalid(client.post(path, json=with_value(path, field, value)), named)
 
 
 REQUIRED = [(p, f.name) for p, r in ROUTES.items() for f in task_of(r).fields_of(r) if f.required]
@@ -126,6 +137,18 @@ def test_a_missing_required_field_is_named(client: TestClient, path: str, field:
     body = good(path)
     del body[field]
     assert_invalid(client.post(path, json=body), field)
+
+
+EITHER = [(p, f.name, f.either_of) for p, r in ROUTES.items() for f in task_of(r).fields_of(r) if f.either_of]
+
+
+@pytest.mark.parametrize(("path", "field", "other"), EITHER)
+def test_exactly_one_of_two_alternatives(client: TestClient, path: str, field: str, other: str) -> None:
+    body = good(path)
+    media = body.pop(field)
+    assert_invalid(client.post(path, json=body), field)  # neither
+    assert_invalid(client.post(path, json={**body, field: media, other: [media]}), other)  # both
+    assert client.post(path, json={**body, other: [media]}).status_code == 503  # the other alone is valid
 
 
 @pytest.mark.parametrize("path", list(ROUTES))
@@ -156,7 +179,7 @@ def test_the_sample_and_values_at_the_limits_are_valid(client: TestClient, path:
         if f.blank_is_none:
             edges += ["", "   "]  # the product's client sends some fields everywhere, often blank: means none
         for value in edges:
-            body = {**good(path), f.name: value}
+            body = with_value(path, f.name, value)
             if f.sets and isinstance(value, str):
                 body = {k: v for k, v in body.items() if k not in f.sets}
             headers = {"accept": "application/json"} if f.name == "num_images" else {}
@@ -185,23 +208,40 @@ def test_defaults_and_limits_come_from_the_route(path: str) -> None:
             assert getattr(body, f.name) == resolve(f.default, route), f.name
 
 
-@pytest.mark.parametrize("path", [p for p, r in ROUTES.items() if task_of(r).media])
-def test_bad_media_is_named_before_any_model_runs(client: TestClient, path: str) -> None:
-    small = _small_media(path)
-    bad_media = [
+def bad_media(kind: Kind) -> list[tuple[str, str]]:
+    """(value, what the 422's message says) of media that is not what its field takes."""
+    good_one = small(kind)
+    garbled = [
         ("not base64 at all!", "not valid base64"),
-        (small[next(iter(small))][: len(small[next(iter(small))]) // 2 + 1], "base64"),  # truncated mid-stream
-        (base64.b64encode(b"hello, this is text").decode(), "not an image"),
+        (good_one[: len(good_one) // 2 + 1], "base64"),  # truncated mid-stream
+        (base64.b64encode(b"hello, this is text").decode(), "not a video" if kind is Kind.VIDEO else "not an image"),
+    ]
+    if kind is Kind.VIDEO:
+        return [
+            *garbled,
+            (base64.b64encode(encode("GIF")).decode(), "still GIF"),  # an image where a video is expected
+            (base64.b64encode(encode("PNG", size=(64, 48))).decode(), "PNG image, not a video"),
+            (base64.b64encode(base64.b64decode(good_one)[:-40]).decode(), "truncated"),
+        ]
+    return [
+        *garbled,
         (base64.b64encode(encode("GIF")).decode(), "GIF"),
         (base64.b64encode(png_header(100_000, 100_000)).decode(), "pixels"),  # a bomb's header, no pixel data
         (base64.b64encode(encode("PNG", size=(64, 48))[:-40]).decode(), "truncated"),
     ]
-    for name in small:
-        for value, says in bad_media:
+
+
+@pytest.mark.parametrize("path", [p for p, r in ROUTES.items() if task_of(r).media])
+def test_bad_media_is_named_before_any_model_runs(client: TestClient, path: str) -> None:
+    media = _small_media(path)
+    kinds = {f.name: f.kind for f in task_of(ROUTES[path]).fields}
+    for name in media:
+        for value, says in bad_media(kinds[name]):
             r = client.post(path, json={**good(path), name: value})
             assert_invalid(r, name)
-            assert says in r.json()["error"]["message"], (name, says)
-    with_prefix = {**good(path), **{n: "data:image/png;base64," + v for n, v in small.items()}}
+            assert says in r.json()["error"]["message"], (name, says, r.text)
+    prefix = {Kind.VIDEO: "data:image/webp;base64,"}
+    with_prefix = {**good(path), **{n: prefix.get(kinds[n], "data:image/png;base64,") + v for n, v in media.items()}}
     assert client.post(path, json=with_prefix).status_code == 503
 
 
@@ -218,12 +258,11 @@ def test_a_mask_of_another_size_is_named(client: TestClient, path: str) -> None:
 @pytest.mark.parametrize("path", [p for p, r in ROUTES.items() if any(f.items for f in task_of(r).media)])
 def test_a_list_of_media_takes_up_to_its_limit_and_names_the_bad_item(client: TestClient, path: str) -> None:
     route = ROUTES[path]
-    image = png_base64(sample_pixels(SampleMedia(SIZE, SIZE), Kind.IMAGE))
     for f in (f for f in task_of(route).media if f.items):
-        limit = resolve(f.max_length, route)
-        assert client.post(path, json={**good(path), f.name: [image] * limit}).status_code == 503
-        assert_invalid(client.post(path, json={**good(path), f.name: [image] * (limit + 1)}), f.name)
-        r = client.post(path, json={**good(path), f.name: [image, "bm90IGFuIGltYWdl"]})  # "not an image"
+        limit, item = resolve(f.max_length, route), small(f.kind)
+        assert client.post(path, json=with_value(path, f.name, [item] * limit)).status_code == 503
+        assert_invalid(client.post(path, json=with_value(path, f.name, [item] * (limit + 1))), f.name)
+        r = client.post(path, json=with_value(path, f.name, [item, "bm90IGFuIGltYWdl"]))  # "not an image"
         assert_invalid(r, f"{f.name}[1]")
 
 
@@ -231,9 +270,31 @@ def test_a_list_of_media_takes_up_to_its_limit_and_names_the_bad_item(client: Te
 def test_media_over_the_byte_limit_is_413(path: str) -> None:
     """Over the route's media limit (25 MiB), within a body limit raised for the test: 413 naming the field, decided
     from the base64 length before anything is decoded."""
-    limit = ROUTES[path].limits.max_media_bytes
+    name = next(iter(_small_media(path)))
+    video = task_of(ROUTES[path]).field(name).kind is Kind.VIDEO
+    limit = ROUTES[path].limits.max_video_bytes if video else ROUTES[path].limits.max_media_bytes
     big = "A" * (4 * ((limit + 3) // 3) + 4)  # base64 of just over `limit` bytes
     settings = Settings(triton_grpc_url=f"127.0.0.1:{free_port()}", max_body_bytes=len(big) + 1_000_000)
-    name = next(iter(_small_media(path)))
     with TestClient(create_app(settings)) as c:
         assert_invalid(c.post(path, json={**good(path), name: big}), name, status=413)
+
+
+VIDEO_FIELDS = [(p, f.name) for p, r in ROUTES.items() for f in task_of(r).media if f.kind is Kind.VIDEO]
+
+
+@pytest.mark.parametrize(("path", "field"), VIDEO_FIELDS)
+def test_a_clip_over_the_frame_or_pixel_limit_is_named(client: TestClient, path: str, field: str) -> None:
+    """Checked from the container's header before a full decode (api/video_decoding.py)."""
+    limits = ROUTES[path].limits
+    long_clip = np.zeros((limits.max_video_frames + 1, 16, 16, 3), np.uint8)
+    wide = int(limits.max_video_pixels**0.5) + 16  # a square frame just over the pixel limit
+    for frames, says in ((long_clip, "frames"), (np.zeros((2, wide, wide, 3), np.uint8), "pixels")):
+        data, _ = encode_video(frames, "webp", 50, 8)
+        value = base64.b64encode(data).decode()
+        r = client.post(path, json=with_value(path, field, value if single(path, field) else [value]))
+        assert_invalid(r, field if single(path, field) else f"{field}[0]")
+        assert says in r.json()["error"]["message"], r.text
+
+
+def single(path: str, field: str) -> bool:
+    return task_of(ROUTES[path]).field(field).items is None

@@ -9,8 +9,14 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from checkpoints.source import resolve
-from families.wan import decoder_cache_scales
-from families.wan.adapters import WanVaeDecoderFirst, WanVaeDecoderStep, WanVaeEncoderFirst, WanVaeEncoderStep
+from families.wan import decoder_cache_scales, encoder_cache_shapes
+from families.wan.adapters import (
+    WanVaeDecoderFirst,
+    WanVaeDecoderStep,
+    WanVaeEncoderFirst,
+    WanVaeEncoderImage,
+    WanVaeEncoderStep,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +53,13 @@ def test_encoder_steps_are_the_stock_encode(vae, frames: int, height: int, width
             moments, *caches = WanVaeEncoderStep(vae)(video[:, :, start : start + 4], *caches)
             chunks.append(moments)
     assert torch.equal(torch.cat(chunks, dim=2), expected)
+    # The registry declares each cache at its scale of the pixels and the frames it keeps (families/wan/__init__.py).
+    assert [tuple(c.shape[-3:]) for c in caches] == [
+        (kept, height // scale, width // scale) for scale, kept in encoder_cache_shapes()
+    ]
+
+
+def test_a_reference_image_encodes_as_the_stock_one_frame_clip(vae) -> None:
+    image = torch.rand(1, 3, 1, 40, 56) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(WanVaeEncoderImage(vae)(image), vae.encode(image).latent_dist.parameters)
