@@ -49,7 +49,7 @@ def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
         if value is None:
             continue
         if f.kind is Kind.VIDEO:
-            media[f.name] = decode_key_frames(route, f.name, value)
+            media[f.name] = decode_key_frames(route, f.name, value, clip_frames(body))
             continue
         mode = "L" if f.kind is Kind.MASK else "RGB"
         if f.items is None:
@@ -63,14 +63,25 @@ def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
     return media
 
 
-def decode_key_frames(route: Route, name: str, value: str | list[str]) -> Any:
+def clip_frames(body: RequestBody) -> int:
+    """The frames of the clip asked for, under either of its names."""
+    length = getattr(body, "length", None)
+    return length if length is not None else body.num_frames  # type: ignore[attr-defined]
+
+
+def decode_key_frames(route: Route, name: str, value: str | list[str], num_frames: int) -> Any:
     """A video field's key frames (K x H x W x 3), a tuple of them for a list field: the first, middle and last
-    frames of one clip, one frame of each of several (registry/tasks.py: key_frames_per_video)."""
+    frames of one clip (first and last of a clip of 5 frames), the first of each of several (registry/tasks.py:
+    key_frames_per_video)."""
+    videos = [value] if isinstance(value, str) else value
+    per = key_frames_per_video(len(videos), num_frames)
+    if per == 0:
+        least = 4 * (len(videos) - 1) + 1
+        raise ApiError(422, f"{name}: {len(videos)} reference videos need num_frames of at least {least}", name)
     lim = route.limits
     limits = VideoLimits(lim.max_video_bytes, lim.max_video_frames, lim.max_video_pixels, lim.max_video_seconds)
     if isinstance(value, str):
-        return sample_key_frames(decode_video(value, name, limits), key_frames_per_video(1))
-    per = key_frames_per_video(len(value))
+        return sample_key_frames(decode_video(value, name, limits), per)
     return tuple(sample_key_frames(decode_video(v, f"{name}[{i}]", limits), per) for i, v in enumerate(value))
 
 

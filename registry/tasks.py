@@ -466,8 +466,16 @@ def _clip_fields() -> tuple[Field, ...]:
 KEY_FRAMES = 3  # reference images a reference-to-video request gives in all: three of one clip, one of each of several
 
 
-def key_frames_per_video(videos: int) -> int:
-    return max(1, KEY_FRAMES // videos)
+def key_frame_budget(num_frames: int) -> int:
+    """Reference images a clip of `num_frames` takes at most: KEY_FRAMES, and no more than its latent frames (VAE 4x
+    in time), as WanVACEPipeline pads its mask for them out of the clip's own latent frames."""
+    return min(KEY_FRAMES, (num_frames - 1) // 4 + 1)
+
+
+def key_frames_per_video(videos: int, num_frames: int) -> int:
+    """Key frames taken of each of `videos` reference clips; 0 when the clip is too short for one of each."""
+    budget = key_frame_budget(num_frames)
+    return 0 if videos > budget else budget // videos
 
 
 def _reference_video(name: str, tensor: str, description: str, **kw: Any) -> Field:

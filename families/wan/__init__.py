@@ -30,11 +30,12 @@ from registry.spec import (
     Task,
     TensorSpec,
 )
+from registry.tasks import KEY_FRAMES
 
 T2V = ("wan2.2-t2v-a14b", "wan2.1-t2v-14b")
 VACE = "wan2.1-vace-14b"
 ALL = (*T2V, VACE)  # the text encoder and the VAE are the same files in every Wan2.1-VAE repo
-MAX_REFERENCE_IMAGES = 3  # the key frames of the reference videos that condition VACE, at most
+MAX_REFERENCE_IMAGES = KEY_FRAMES  # the key frames of the reference videos that condition VACE, at most
 Z_DIM = 16  # latent channels of the Wan2.1 VAE (all three repos ship it)
 
 # The Wan2.1 VAE decoder's structure (4 levels, 2 residual blocks each, time upsampling after the first two levels):
@@ -288,9 +289,6 @@ DECLARATION = Declaration(
             checkpoint=VACE,
             task=Task.REFERENCE_TO_VIDEO,
             summary="Wan2.1-VACE-14B: the character of reference videos in a new clip",
-            # At least as many latent frames as reference images (3): WanVACEPipeline pads its mask for them out of
-            # the clip's own latent frames, and fails on a shorter clip.
-            limits=replace(VIDEO_LIMITS, min_frames=4 * (MAX_REFERENCE_IMAGES - 1) + 1),
         ),
     ),
 )

@@ -60,15 +60,17 @@ def _clip_frames(value: str) -> list[Image.Image]:
         return [frame.to_image().convert("RGB") for frame in container.decode(video=0)]
 
 
-def reference_images(body: Mapping[str, Any]) -> list[Image.Image]:
-    """api.md's reference videos as VACE's reference images: the first, middle and last frames of one clip; the
-    first frame of each of several (a clip of fewer frames gives them all)."""
+def reference_images(body: Mapping[str, Any], num_frames: int) -> list[Image.Image]:
+    """api.md's reference videos as VACE's reference images: of one clip its first, middle and last frames, or its
+    first and last when the new clip has two latent frames (5 frames); the first frame of each of several (a clip of
+    fewer frames gives them all)."""
     clips = [body["reference_video"]] if body.get("reference_video") else list(body["reference_videos"])
     images = []
     for clip in clips:
         frames = _clip_frames(clip)
         last = len(frames) - 1
-        picks = [0] if len(clips) > 1 else [0, round(last / 2), last]
+        one_clip = [0, round(last / 2), last] if num_frames >= 9 else [0, last]
+        picks = one_clip if len(clips) == 1 else [0]
         images += frames if len(frames) <= len(picks) else [frames[i] for i in picks]
     return images
 
@@ -78,13 +80,14 @@ def r2v(route: str, body: Mapping[str, Any], root: Path) -> list[np.ndarray]:
     reference videos' key frames as reference_images."""
     r = ROUTES[route]
     pipe = vace_pipeline(r.checkpoint, Path(root))
+    num_frames = body.get("num_frames", body.get("length", r.num_frames))
     frames = pipe(
         prompt=body["prompt"],
         negative_prompt=body.get("negative_prompt") or "",
-        reference_images=reference_images(body),
+        reference_images=reference_images(body, num_frames),
         width=body.get("width", r.width),
         height=body.get("height", r.height),
-        num_frames=body.get("num_frames", body.get("length", r.num_frames)),
+        num_frames=num_frames,
         num_inference_steps=body.get("steps", r.steps),
         guidance_scale=body.get("cfg", r.cfg),
         max_sequence_length=512,
@@ -109,6 +112,6 @@ def _of(route: str) -> Callable[[Mapping[str, Any], Path], list[np.ndarray]]:
 REFERENCES = {path: _of(path) for path in ("/wan2.6", "/wan2.6-lora")}
 REFERENCES["/wan2.6-r2v"] = lambda body, root: r2v("/wan2.6-r2v", body, root)
 
-# Lossless animated WebP (output_quality 100), so served frames compare with the reference's to float noise; the
-# fewest frames (5; r2v 9) keep a CPU generation to seconds.
-SAMPLE_OVERRIDES = {path: {"output_quality": 100, "num_frames": ROUTES[path].limits.min_frames} for path in REFERENCES}
+# Lossless animated WebP (output_quality 100), so served frames compare with the reference's to float noise; five
+# frames keep a CPU generation to seconds.
+SAMPLE_OVERRIDES = {path: {"output_quality": 100, "num_frames": 5} for path in REFERENCES}
