@@ -68,7 +68,7 @@ def map_triton_error(exc: InferenceServerException, retry_after_s: int, request_
     if invalid:
         field, why = invalid
         return ApiError(422, f"{field}: {why}", field=field)
-    if _QUEUE_FULL in message:  # the pipeline model's queue policy (model_repository/config.py: admission)
+    if _QUEUE_FULL in message:  # a Triton queue policy, were one configured (the API's gate bounds admission)
         return ApiError(429, "the model's queue is full; retry later", headers=_retry(retry_after_s))
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return ApiError(504, "the generation ran past the route's time limit and was cancelled")

@@ -11,15 +11,12 @@ from collections.abc import Iterable, Mapping
 
 from registry import (
     GPU_CAPABILITIES,
-    GROUPS,
-    ROUTES,
     TASKS,
     TENSORRT_VERSION,
     Component,
     Family,
     PipelineModel,
     TensorSpec,
-    pipeline_model_of,
 )
 from registry.tasks import LORAS
 
@@ -98,23 +95,6 @@ def component_config(component: Component, profile: str, params: Mapping[str, st
     )
 
 
-def admission(pipeline: PipelineModel) -> tuple[int, float]:
-    """(queue bound, queue timeout in seconds) of a pipeline model: what its app groups' APIs admit at most (in
-    flight plus queued, api/gate.py) and its routes' longest limit. Triton refuses beyond them, so a client that
-    calls Triton directly cannot pile up work either; the API maps the refusal to 429 `busy`."""
-    routes = [r for p, r in ROUTES.items() if pipeline_model_of(p) == pipeline.triton_model]
-    groups = {GROUPS[r.group] for r in routes}
-    bound = sum(g.max_concurrency + g.max_queue for g in groups) or 1
-    return bound, max((r.timeout_s for r in routes), default=0.0)
-
-
-def _queue_policy(pipeline: PipelineModel) -> str:
-    bound, timeout_s = admission(pipeline)
-    # max_batch_size 0 keeps the dynamic batcher from batching; it is here for its queue policy.
-    timeout = f" default_timeout_microseconds: {int(timeout_s * 1e6)} allow_timeout_override: true" if timeout_s else ""
-    return f"dynamic_batching {{ default_queue_policy {{ max_queue_size: {bound}{timeout} }} }}\n"
-
-
 def pipeline_config(family: Family, pipeline: PipelineModel, profile: str, params: Mapping[str, str]) -> str:
     """The config of one of `family`'s pipeline models: its task's request and response tensors (registry/tasks.py)."""
     if profile not in PROFILES:
@@ -127,6 +107,9 @@ def pipeline_config(family: Family, pipeline: PipelineModel, profile: str, param
         + _tensors("input", task.inputs)
         + _tensors("output", task.output.stream_tensors)
         + _instance_group(profile)
-        + _queue_policy(pipeline)
+        # No dynamic_batching (nor its queue policy): with a decoupled model it holds a request that arrives while
+        # the instance is busy for its 500 ms wait (measured: perf/results/cpu/jobs_cancel.md), since the instance's
+        # end is not signalled to it. Admission is bounded by the API's group gate (api/gate.py), Triton's only
+        # client (it listens on 127.0.0.1), and requests wait in Triton's default FIFO.
         + _parameters({"family": family.name, "task": str(pipeline.task), "profile": profile, **params})
     )

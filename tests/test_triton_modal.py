@@ -18,7 +18,7 @@ import modal
 import pytest
 
 import triton_modal
-from registry import GROUPS, ROUTES, family_of, pipeline_model_of, routes_of
+from registry import GROUPS, ROUTES, pipeline_model_of, routes_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GROUPS_WITH_ROUTES = sorted(g for g in GROUPS if routes_of(g))
@@ -397,15 +397,11 @@ def test_serving_class_supervises_triton_from_start_to_stop(monkeypatch: pytest.
 @pytest.mark.parametrize("group", GROUPS_WITH_ROUTES)
 def test_timeouts_nest_modal_over_the_api_over_triton(group: str) -> None:
     """Each layer gives up before the one above it: Modal's request limit > the API's answer (its deadline, its
-    routes' limits, its body and header reads); Triton's queue timeout is no longer than the routes' limits (and the
-    API's gRPC deadline, which cancels the call, cuts it shorter still)."""
+    routes' limits, its body and header reads); the API's gRPC deadline, which cancels the call, bounds Triton's
+    part."""
     from api.settings import Settings
-    from model_repository.config import admission
 
     modal_s = triton_modal.serving_options(group)["timeout"]
     api_s = max(r.timeout_s for r in routes_of(group))
     settings = Settings()
     assert modal_s > api_s and modal_s > settings.body_timeout_s and modal_s > settings.header_timeout_s
-    for route in routes_of(group):
-        pipeline = family_of(route.checkpoint).pipeline_for(route.task)
-        assert admission(pipeline)[1] <= max(r.timeout_s for r in routes_of(group))
