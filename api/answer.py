@@ -76,11 +76,12 @@ def answer_of(generated: Generated, gpu_type: str, price_per_s: float) -> Stored
     }
     height, width = (int(d) for d in result.images.shape[-3:-1])
     meta: dict[str, Any] = {"width": width, "height": height}
-    if task_of(g.route).output.kind == "video":
+    video = task_of(g.route).output.kind == "video"
+    if video:
         frames = int(result.images.shape[1])
         headers["x-frames"] = str(frames)
         meta |= {"num_frames": frames, "fps": g.fps}
-    pixels = {"video": meta} if "num_frames" in meta else {"images": meta}
+    pixels = {"video" if video else "images": meta}
     document = {
         "request_id": g.request_id,
         "route": g.route.path,
@@ -114,10 +115,10 @@ def json_document(answer: StoredAnswer) -> dict[str, Any]:
     return document
 
 
-def response_of(answer: StoredAnswer, as_json: bool, headers: dict[str, str] | None = None) -> Response:
-    """The answer as the synchronous route gives it: the first item's bytes, or the JSON document."""
-    all_headers = {**answer.headers, **(headers or {})}
+def response_of(answer: StoredAnswer, as_json: bool) -> Response:
+    """The answer as the synchronous route gives it: the first item's bytes, or the JSON document (base64 of every
+    item: CPU-bound, run it off the event loop)."""
     if as_json:
-        return JSONResponse(json_document(answer), headers=all_headers)
+        return JSONResponse(json_document(answer), headers=answer.headers)
     data, mime = answer.items[0]
-    return Response(content=data, media_type=mime, headers=all_headers)
+    return Response(content=data, media_type=mime, headers=answer.headers)

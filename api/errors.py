@@ -57,11 +57,16 @@ class ApiError(Exception):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
-def envelope_bytes(status: int, message: str, field: str | None = None) -> bytes:
-    error: dict[str, str] = {"code": CODES.get(status, "internal"), "message": message}
+def error_detail(status: int, message: str, field: str | None = None) -> dict[str, str]:
+    """The envelope's `error`: the code of the status, the message, the field where one is at fault."""
+    error = {"code": CODES.get(status, "internal"), "message": message}
     if field:
         error["field"] = field
-    return json.dumps({"error": error}, separators=(",", ":")).encode()
+    return error
+
+
+def envelope_bytes(status: int, message: str, field: str | None = None) -> bytes:
+    return json.dumps({"error": error_detail(status, message, field)}, separators=(",", ":")).encode()
 
 
 def envelope(

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from registry import Kind, Route, UnsupportedRoute, pipeline_model_of, task_of
-from registry.tasks import MAX_SEED, key_frames_per_video
+from registry.tasks import MAX_SEED, frames_for_key_frames, key_frames_per_video
 
 from .answer import RESPONSE_HEADERS, Generated, Timings, answer_of, response_of
 from .cancellation import unless_client_leaves
@@ -76,7 +76,7 @@ def decode_key_frames(route: Route, name: str, value: str | list[str], num_frame
     videos = [value] if isinstance(value, str) else value
     per = key_frames_per_video(len(videos), num_frames)
     if per == 0:
-        least = 4 * (len(videos) - 1) + 1
+        least = frames_for_key_frames(len(videos))
         raise ApiError(422, f"{name}: {len(videos)} reference videos need num_frames of at least {least}", name)
     lim = route.limits
     limits = VideoLimits(lim.max_video_bytes, lim.max_video_frames, lim.max_video_pixels, lim.max_video_seconds)
@@ -191,7 +191,8 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
             headers = {"Location": urls["status_url"], "Preference-Applied": "respond-async"}
             return JSONResponse({"id": job.id, **urls}, status_code=202, headers=headers)
         # A client that leaves gives up its place in the queue, or its generation within one step.
-        return response_of(await unless_client_leaves(request.receive, answer()), as_json)
+        stored = await unless_client_leaves(request.receive, answer())
+        return await run_in_threadpool(response_of, stored, as_json)
 
     generate.__name__ = "generate_" + route.path.strip("/").replace("-", "_").replace(".", "_")
     generate.__doc__ = (

@@ -162,11 +162,11 @@ class JobStore:
         for prefix in (_JOB, _ANSWER, _CANCEL):
             await self.kv.pop(prefix + job_id)
 
-    async def sweep(self, force: bool = False) -> int:
+    async def sweep(self) -> int:
         """Drops expired jobs, then the oldest ended ones past max_jobs; at most once per sweep_every_s (a Modal
         Dict's keys are listed over the network). Returns how many were dropped."""
         now = time.time()
-        if not force and now - self._swept < self.sweep_every_s:
+        if now - self._swept < self.sweep_every_s:
             return 0
         self._swept = now
         ended: list[tuple[float, str]] = []

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import CODES, ApiError
+from .errors import ApiError, error_detail
 from .job_store import Job, JobStatus, JobStore, StoredAnswer
 
 log = logging.getLogger("api.jobs")
@@ -120,10 +120,7 @@ class JobRunner:
 
 
 def _error(status: int, message: str, field: str | None = None) -> dict[str, Any]:
-    error = {"code": CODES.get(status, "internal"), "message": message}
-    if field:
-        error["field"] = field
-    return {"error": error, "error_status": status}
+    return {"error": error_detail(status, message, field), "error_status": status}
 
 
 def iso(t: float) -> str:

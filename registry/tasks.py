@@ -469,7 +469,12 @@ KEY_FRAMES = 3  # reference images a reference-to-video request gives in all: th
 def key_frame_budget(num_frames: int) -> int:
     """Reference images a clip of `num_frames` takes at most: KEY_FRAMES, and no more than its latent frames (VAE 4x
     in time), as WanVACEPipeline pads its mask for them out of the clip's own latent frames."""
-    return min(KEY_FRAMES, (num_frames - 1) // 4 + 1)
+    return min(KEY_FRAMES, (num_frames - 1) // 4 + 1)  # the inverse of frames_for_key_frames
+
+
+def frames_for_key_frames(count: int) -> int:
+    """The fewest frames (4k+1) of a clip that takes `count` reference images."""
+    return 4 * (count - 1) + 1
 
 
 def key_frames_per_video(videos: int, num_frames: int) -> int:

@@ -25,6 +25,7 @@ import torch
 from components.adapters import Adapter, Shape, Wrapped, _token_ids
 
 FIRST_LATENT_FRAMES = 2  # what WanVaeDecoderFirst takes
+ENCODER_FIRST_FRAMES, ENCODER_STEP_FRAMES = 5, 4  # what WanVaeEncoderFirst and WanVaeEncoderStep take
 
 
 class Umt5Hidden(Wrapped):
@@ -123,7 +124,7 @@ class WanVaeEncoderFirst(Wrapped):
             raise ValueError("the Wan2.2 VAE (patch_size) is not served yet: its encoder caches differ")
         caches: list = [None] * causal_convs(vae.encoder)
         first, _ = _encode_chunk(vae, sample[:, :, :1], caches)
-        second, used = _encode_chunk(vae, sample[:, :, 1:5], caches)
+        second, used = _encode_chunk(vae, sample[:, :, 1:ENCODER_FIRST_FRAMES], caches)
         return (torch.cat([first, second], dim=2), *caches[:used])
 
 

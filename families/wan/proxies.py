@@ -11,7 +11,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from model_repository.proxies import ComponentOutputs, ComponentProxy, VaeProxy
 
-from .adapters import FIRST_LATENT_FRAMES
+from .adapters import ENCODER_FIRST_FRAMES, ENCODER_STEP_FRAMES, FIRST_LATENT_FRAMES
 
 
 class WanVaeProxy(VaeProxy):
@@ -37,13 +37,13 @@ class WanVaeProxy(VaeProxy):
             raise TypeError(f"{self.component.triton_model}: this checkpoint serves no VAE encoder")
         if frames == 1:
             (moments,) = self.encoder_image.call({"sample": sample})
-        elif (frames - 1) % 4 or frames < 5:
+        elif (frames - ENCODER_FIRST_FRAMES) % ENCODER_STEP_FRAMES or frames < ENCODER_FIRST_FRAMES:
             raise ValueError(f"the Wan VAE encodes 1 or 4k+1 frames (k >= 1), got {frames}")
         else:
-            moments, *caches = self.encoder.call({"sample": sample[:, :, :5]})
+            moments, *caches = self.encoder.call({"sample": sample[:, :, :ENCODER_FIRST_FRAMES]})
             chunks = [moments]
-            for start in range(5, frames, 4):
-                named: dict[str, Any] = {"sample": sample[:, :, start : start + 4]}
+            for start in range(ENCODER_FIRST_FRAMES, frames, ENCODER_STEP_FRAMES):
+                named: dict[str, Any] = {"sample": sample[:, :, start : start + ENCODER_STEP_FRAMES]}
                 named |= {f"cache_{j}": cache for j, cache in enumerate(caches)}
                 moments, *caches = self.encoder_step.call(named)
                 chunks.append(moments)
