@@ -239,7 +239,7 @@ class TritonServer:
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            _kill_group(self.process.pid)
             self.process.wait()
 
 
@@ -251,12 +251,54 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+# The python backend names each stub's shared-memory region on the stub's command line.
+SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            # The fields after the command's closing parenthesis: state, ppid, pgrp.
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # a zombie holds nothing but its pid
+            members.append(int(proc.name))
+    return members
+
+
+def _shm_regions(pids: list[int]) -> set[Path]:
+    regions = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for word in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                if word.startswith(SHM_REGION_PREFIX.encode()):
+                    regions.add(Path("/dev/shm", word.decode()))
+    return regions
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the group, then unlink the shared memory of its stubs, which a stub killed this way cannot (a stub
+    that is only slow to leave would otherwise leak its region in /dev/shm, a small tmpfs in containers)."""
+    regions = _shm_regions(_group_members(pgid))
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for region in regions:
+        region.unlink(missing_ok=True)
+
+
 def _reap_group(pgid: int, grace_s: float) -> None:
     deadline = time.monotonic() + grace_s
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    if _group_alive(pgid):
+        _kill_group(pgid)
 
 
 _reaping: set[int] = set()

@@ -28,7 +28,7 @@ from api.samples import sample_body
 from registry import ROUTES
 from stack.build import BuildDirs
 from stack.supervise import Backoff, Supervisor, dies_with_parent, exit_reason, port_in_use, port_problems
-from stack.triton_server import Ports, TritonServer
+from stack.triton_server import SHM_REGION_PREFIX, Ports, TritonServer, reap_group_later
 
 from .fixtures import REPO_ROOT, STACK_DIR
 from .stack_fixtures import VAE, free_port
@@ -36,7 +36,6 @@ from .stack_fixtures import VAE, free_port
 PATH = "/flux"
 GROUP = ROUTES[PATH].group
 BODY = sample_body(ROUTES[PATH], steps=1, size=ROUTES[PATH].limits.min_size)
-SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
 # ## Processes, as /proc sees them
@@ -90,9 +89,17 @@ def reaped(pids_of: list[int]) -> Iterator[list[int]]:
                 os.kill(pid, signal.SIGKILL)
 
 
+def in_group(pgid: int) -> list[int]:
+    return [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and (st := _stat(int(p.name))) and st[2] == str(pgid)
+    ]
+
+
 def shm_regions(stubs: list[int]) -> list[str]:
     """The /dev/shm regions the python-backend stubs of a run use (named on their command lines)."""
-    return [word for pid in stubs for word in cmdline(pid).split() if word.startswith(SHM_PREFIX)]
+    return [word for pid in stubs for word in cmdline(pid).split() if word.startswith(SHM_REGION_PREFIX)]
 
 
 # ## make serve, on free ports
@@ -317,6 +324,42 @@ def test_a_child_dies_with_the_thread_that_started_it() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_stub_left_behind_by_a_dead_triton_is_killed_and_its_shared_memory_unlinked() -> None:
+    """A stub that outlives its tritonserver past the grace (stuck in its interpreter's exit, say) is SIGKILLed,
+    which leaves it no chance to unlink its region: the reaper does it, so a restart loop cannot fill /dev/shm."""
+    region = Path("/dev/shm", f"{SHM_REGION_PREFIX}test_{os.getpid()}_{time.monotonic_ns()}")
+    region.write_bytes(b"\0" * 4096)
+    # A process group like a dead Triton's: a leader that has exited, a stub that ignores SIGTERM and stays.
+    stub = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    leader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; subprocess.Popen(sys.argv[1:])",
+            sys.executable,
+            "-c",
+            stub,
+            region.name,
+        ],
+        start_new_session=True,
+    )
+    try:
+        assert leader.wait(10) == 0
+        deadline = time.monotonic() + 5
+        while not (stubs := [p for p in in_group(leader.pid) if region.name in cmdline(p)]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        reap_group_later(leader.pid, grace_s=0.5)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in stubs) or region.exists():
+            assert time.monotonic() < deadline, [cmdline(p) for p in stubs if alive(p)]
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)
+        region.unlink(missing_ok=True)
 
 
 def test_supervisor_restarts_a_killed_tritonserver(model_repository: Path, stack_dirs: BuildDirs, tmp_path) -> None:
