@@ -4,6 +4,7 @@ the nvidia-pytriton wheel), driven over HTTP, timed from outside like a client w
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class Served:
     gpu_memory_gb: float  # device memory in use while serving
     warm_ready_s: float  # a second tritonserver start, compile caches on disk: start -> models loaded
     warm_first_image_s: float  # ... -> first image
-    seconds_at_steps: dict[int, float] = field(default_factory=dict)  # end to end at other step counts
+    seconds_at: dict[str, float] = field(default_factory=dict)  # end to end of the other requests, by label
 
     def row(self, device: str, model: str, width: int, height: int, steps: int, eager_image: np.ndarray | None) -> Row:
         """The benchmark table's row of this served run, its image held against the eager one where there is one."""
@@ -59,10 +60,10 @@ class Served:
         )
 
 
-def _request(route: str, width: int, height: int, steps: int | None = None) -> dict:
-    """The benchmark's request (its prompt and seed, so the image compares with the eager one), route defaults."""
-    overrides = {"steps": steps} if steps is not None else {}
-    values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height, **overrides)
+def _request(route: str, width: int, height: int, overrides: Mapping[str, object] | None = None) -> dict:
+    """The benchmark's request (its prompt and seed, so the image compares with the eager one): the route's
+    defaults, and `overrides` by field name."""
+    values = request_values(route, prompt=PROMPT, seed=SEED, width=width, height=height, **(overrides or {}))
     # text as bytes: triton_stream sends it as UTF-8 in a UINT8 tensor
     specs = task_of(ROUTES[route]).inputs
     return {s.name: (s.dtype, v.encode() if isinstance(v := values[s.name], str) else v) for s in specs}
@@ -77,11 +78,12 @@ def run_served(
     repeats: int,
     log,  # noqa: ANN001
     *,
-    steps: tuple[int, ...] = (),
+    others: Mapping[str, Mapping[str, object]] | None = None,
     restart: bool = True,
 ) -> Served:
-    """Serve `route` from `checkpoint_dir`: cold start, `repeats` timed requests at the route's steps (and at each of
-    `steps`, whose times land in Served.seconds_at_steps), then, with `restart`, a warm restart."""
+    """Serve `route` from `checkpoint_dir`: cold start, `repeats` timed requests with the route's defaults, then
+    each of `others` (label -> field overrides: {"8 steps": {"steps": 8}}) once to warm and once timed, its time in
+    Served.seconds_at[label]; then, with `restart`, a warm restart."""
     import torch
 
     checkpoint = ROUTES[route].checkpoint
@@ -109,14 +111,14 @@ def run_served(
             log("profile:\n" + "\n".join(profile[-6:]))
         free, total = torch.cuda.mem_get_info()
         log(f"served end to end: {[round(t, 3) for t in times]} s; model {out['MODEL'].tobytes().decode()}")
-        at_steps = {}
-        for n in steps:
-            other = _request(route, width, height, n)
-            infer(server.grpc_url, pipeline, other)  # a new step count: schedulers, no compile
+        seconds_at = {}
+        for label, overrides in (others or {}).items():
+            other = _request(route, width, height, overrides)
+            infer(server.grpc_url, pipeline, other)  # new settings: schedulers, no compile
             t1 = time.perf_counter()
             infer(server.grpc_url, pipeline, other)
-            at_steps[n] = time.perf_counter() - t1
-            log(f"served end to end at {n} steps: {at_steps[n]:.3f} s")
+            seconds_at[label] = time.perf_counter() - t1
+            log(f"served end to end, {label}: {seconds_at[label]:.3f} s")
     finally:
         server.stop()
     warm_ready_s = warm_first_image_s = float("nan")
@@ -126,13 +128,13 @@ def run_served(
         server.stop()
     return Served(
         end_to_end_s=float(np.median(times)),
-        image=np.asarray(out["IMAGES"][0]),
+        image=np.asarray(out[task_of(ROUTES[route]).output.pixels.name][0]),  # an image, or a clip's frames
         ready_s=ready_s,
         first_image_s=first_image_s,
         gpu_memory_gb=(total - free) / 2**30,
         warm_ready_s=warm_ready_s,
         warm_first_image_s=warm_first_image_s,
-        seconds_at_steps=at_steps,
+        seconds_at=seconds_at,
     )
 
 

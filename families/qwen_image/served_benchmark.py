@@ -183,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         args.size,
         args.repeats,
         log,
-        steps=(args.short_steps,),
+        others={"short": {"steps": args.short_steps}},
         restart=args.restart,
     )
     served_step = per_step_s(
-        {args.short_steps: served.seconds_at_steps[args.short_steps], args.steps: served.end_to_end_s}
+        {args.short_steps: served.seconds_at["short"], args.steps: served.end_to_end_s}
     )
     quality = psnr(served.image, plain_image)
     row(

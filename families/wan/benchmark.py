@@ -21,6 +21,13 @@ frames (`--save-reference`), the second reads them (`--rows-in`, `--reference`) 
     python -m families.wan.benchmark --out $OUT --steps 30 --distilled-steps 4 --variants registry --a14b \
         --rows-in .whl/wan_eager_H200.csv --reference .whl/wan_eager_reference.npz --budget-s 530
     python -m families.wan.benchmark --out $OUT --steps 30 --distilled-steps 4   # both in one process (~11 min)
+    python -m families.wan.benchmark --out $OUT --layout a14b --blocks 8 --served --no-restart   # and /wan2.6 served
+
+`--served` saves the same random weights as a checkpoint and then serves `/wan2.6` from it through our GPU profile in
+a real tritonserver: 30 steps + CFG, and the distilled step count without CFG. The full A14B checkpoint (two 14B
+experts and UMT5-XXL, 69 GB) does not fit the benchmark machine's 64 GB disk, so `--blocks` keeps the width and cuts
+the depth; each row is then also written extrapolated to the full 40 blocks (`full_depth`: the missing blocks' share
+of the measured forwards added back).
     python -m families.wan.benchmark --tiny --out /tmp/wan-tiny   # the code path on the CPU, tiny widths
 """
 
@@ -186,9 +193,12 @@ def fresh_transformer(config: dict[str, Any], device: str, seed: int = 1) -> tor
         return WanTransformer3DModel(**config).eval()
 
 
-def build_pipeline(tiny_mode: bool, device: str, work: Path, with_transformer: bool = True) -> Any:  # a WanPipeline
-    """Wan2.1-T2V-14B with random weights in BF16 (tiny widths with `tiny_mode`), tokenizer trained offline; without
-    `with_transformer` the caller sets one (an accelerated variant need not build the eager one first)."""
+def build_pipeline(
+    config: dict[str, Any], tiny_mode: bool, device: str, work: Path, with_transformer: bool = True, a14b: bool = False
+) -> Any:  # a WanPipeline
+    """Wan2.1-T2V-14B (or, `a14b`, Wan2.2-T2V-A14B's two experts) with random weights in BF16 (tiny widths with
+    `tiny_mode`), tokenizer trained offline; without `with_transformer` the caller sets the transformers (an
+    accelerated variant need not build the eager ones first)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -204,17 +214,45 @@ def build_pipeline(tiny_mode: bool, device: str, work: Path, with_transformer: b
             )
             text_encoder = UMT5EncoderModel(config).eval()
             vae = AutoencoderKLWan(**WAN_VAE).eval()
+    experts = fresh_experts(config, device, a14b) if with_transformer else (None, None)
     return WanPipeline(
         tokenizer=tok,
         text_encoder=text_encoder,
         vae=vae,
         scheduler=UniPCMultistepScheduler(**tiny.SCHEDULER),
-        transformer=fresh_transformer(transformer_config(tiny_mode), device) if with_transformer else None,
+        transformer=experts[0],
+        transformer_2=experts[1],
+        boundary_ratio=tiny.BOUNDARY_RATIO if a14b else None,
     )
 
 
-def transformer_config(tiny_mode: bool) -> dict[str, Any]:
-    return tiny._transformer_kwargs() if tiny_mode else WAN_14B_TRANSFORMER
+def fresh_experts(config: dict[str, Any], device: str, a14b: bool) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The transformer, and with `a14b` the low-noise expert beside it (other weights: seed 2)."""
+    return fresh_transformer(config, device), fresh_transformer(config, device, seed=2) if a14b else None
+
+
+def transformer_config(tiny_mode: bool, blocks: int | None = None) -> dict[str, Any]:
+    """The real config (tiny widths with `tiny_mode`); `blocks` keeps the width and cuts the depth, for a machine
+    whose disk cannot hold the checkpoint's copies (the time of the missing blocks is then added back by arithmetic:
+    `full_depth`)."""
+    config = tiny._transformer_kwargs() if tiny_mode else dict(WAN_14B_TRANSFORMER)
+    return config | ({"num_layers": blocks} if blocks else {})
+
+
+def full_depth(row: Row, forwards: int, forward_ms: float, blocks: int, full_blocks: int) -> Row:
+    """`row`, measured with `blocks` of the `full_blocks` blocks, with the missing blocks' time added: each of the
+    clip's `forwards` transformer forwards costs `forward_ms` for `blocks` blocks (the embeddings and the head
+    around them are a fraction of a percent of a forward, counted as block time: an overestimate)."""
+    extra_s = forwards * forward_ms / 1000 * (full_blocks / blocks - 1)
+    e2e_s = row.end_to_end_s + extra_s
+    return dataclasses.replace(
+        row,
+        variant=f"{row.variant}_{full_blocks}blocks_extrapolated",
+        step_ms=round(row.step_ms * full_blocks / blocks, 1) if row.step_ms == row.step_ms else row.step_ms,
+        end_to_end_s=round(e2e_s, 2),
+        cost_usd=round(cost_usd(e2e_s), 5),
+        mfu=row.mfu,
+    )
 
 
 def transformer_inputs(config: dict[str, Any], shape: Shape, device: str) -> dict[str, Any]:
@@ -337,6 +375,23 @@ class Budget:
         return estimate_s < self.left()
 
 
+def save_checkpoint(pipe: Any, config: dict[str, Any], device: str, a14b: bool, folder: Path) -> None:
+    """The pipeline's random weights as a checkpoint folder in the diffusers layout, for Triton to load (the same
+    seeds make the same weights, so a folder saved before is kept)."""
+    if (folder / "model_index.json").is_file():
+        log(f"checkpoint {folder} already saved")
+        return
+    built = pipe.transformer is None
+    if built:
+        pipe.transformer, pipe.transformer_2 = fresh_experts(config, device, a14b)
+    t0 = time.perf_counter()
+    pipe.save_pretrained(folder)
+    log(f"saved the checkpoint to {folder} in {time.perf_counter() - t0:.0f}s")
+    if built:
+        pipe.transformer = pipe.transformer_2 = None
+        gc.collect()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="eager,registry")
@@ -344,7 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distilled-steps", type=int, default=4)
     parser.add_argument("--forward-repeats", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="wall-clock budget of this process")
-    parser.add_argument("--a14b", action="store_true", help="also run the two-expert A14B layout if it fits")
+    parser.add_argument(
+        "--layout", choices=("14b", "a14b"), default="14b", help="Wan2.1-T2V-14B, or Wan2.2-T2V-A14B's two experts"
+    )
+    parser.add_argument("--a14b", action="store_true", help="14b layout: also run the A14B layout if it fits")
+    parser.add_argument(
+        "--blocks", type=int, help="blocks per transformer (40): fewer at full width, then extrapolated"
+    )
+    parser.add_argument("--served", action="store_true", help="a14b layout: then /wan2.6 through a real Triton")
+    parser.add_argument("--no-restart", action="store_true", help="served: skip the warm-restart timing")
     parser.add_argument("--tiny", action="store_true", help="tiny widths, 128x128, 5 frames: the code path on a CPU")
     parser.add_argument("--out", type=Path, default=Path("perf/results/local"))
     parser.add_argument("--rows-in", type=Path, help="rows of an earlier run (its eager baseline) to write alongside")
@@ -353,22 +416,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ryla-wan-bench")
     parser.add_argument("--compile-cache", type=Path, default=Path(tempfile.gettempdir()) / "ryla-inductor")
     args = parser.parse_args(argv)
+    if args.served and args.layout != "a14b":
+        parser.error("--served serves /wan2.6, Wan2.2-T2V-A14B: give --layout a14b")
     budget = Budget(args.budget_s)
     enable_compile_cache(args.compile_cache)
     torch.backends.cuda.matmul.allow_tf32 = True
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = torch.cuda.get_device_name().replace("NVIDIA ", "") if device == "cuda" else "cpu"
     shape = Shape(128, 128, 5) if args.tiny else Shape(WIDTH, HEIGHT, FRAMES)
-    config = transformer_config(args.tiny)
-    model = "wan2.1-t2v-14b" + ("-tiny" if args.tiny else "")
+    config = transformer_config(args.tiny, args.blocks)
+    full_blocks = transformer_config(args.tiny)["num_layers"]
+    a14b = args.layout == "a14b"
+    model = ("wan2.2-t2v-a14b" if a14b else "wan2.1-t2v-14b") + ("-tiny" if args.tiny else "")
+    if config["num_layers"] != full_blocks:
+        model += f"-{config['num_layers']}of{full_blocks}blocks"
 
     t0 = time.perf_counter()
-    log(f"building {model} (random weights, BF16) on {device_name}: UMT5-XXL, 14B transformer, Wan2.1 VAE")
+    log(f"building {model} (random weights, BF16) on {device_name}: UMT5-XXL, 14B transformer(s), Wan2.1 VAE")
     variants = args.variants.split(",")
-    pipe = build_pipeline(args.tiny, device, args.work, with_transformer=variants[0] == "eager")
+    pipe = build_pipeline(config, args.tiny, device, args.work, with_transformer=variants[0] == "eager", a14b=a14b)
     pipe.set_progress_bar_config(disable=True)
     params = sum(p.numel() for p in (pipe.transformer or fresh_transformer(config, "meta")).parameters()) / 1e9
     log(f"built in {time.perf_counter() - t0:.0f}s: transformer {params:.2f}B parameters")
+    checkpoint_dir = args.work / model
+    if args.served:
+        save_checkpoint(pipe, config, device, a14b, checkpoint_dir)
     inputs = transformer_inputs(config, shape, device)
     flops = forward_flops(config, shape)
     log(
@@ -379,50 +451,61 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = read_rows(args.rows_in) if args.rows_in else []
     reference: dict[str, np.ndarray] = dict(np.load(args.reference)) if args.reference else {}
     saved: dict[str, np.ndarray] = {}
+    measured: list[tuple[Row, int, float]] = []  # (row, its transformer forwards, ms per forward): for full_depth
+    forward_of: dict[str, float] = {}
 
-    def add(variant: str, steps: int, step_ms: float, e2e_s: float, frames: np.ndarray | None, key: str) -> None:
-        ref = reference.get(key)
+    def write(row: Row, forwards: int, forward_ms: float) -> None:
+        log(json.dumps(asdict(row)))
+        rows.append(row)
+        measured.append((row, forwards, forward_ms))
+        write_outputs(rows, args.out, "wan")
+
+    def add(variant: str, steps: int, forwards: int, e2e_s: float, frames: np.ndarray | None, key: str) -> None:
+        ref, forward_ms = reference.get(key), forward_of[variant]
         row = Row(
             device=device_name,
             model=model,
-            variant=variant,
+            variant=f"{variant}_{key}",
             width=shape.width,
             height=shape.height,
             steps=steps,
-            step_ms=round(step_ms, 1),
+            step_ms=round(forward_ms, 1),
             end_to_end_s=round(e2e_s, 2),
             peak_memory_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else float("nan"),
-            mfu=round(mfu(flops, step_ms / 1000), 4),
+            mfu=round(mfu(flops, forward_ms / 1000), 4),
             cost_usd=round(cost_usd(e2e_s), 5),
             psnr_vs_eager_db=round(psnr(frames, ref), 2) if frames is not None and ref is not None else float("nan"),
             compile_s=round(compile_s, 1),
         )
-        log(json.dumps(asdict(row)))
-        rows.append(row)
-        write_outputs(rows, args.out, "wan")
+        write(row, forwards, forward_ms)
 
     for variant in variants:
         how = VARIANTS[variant]
         t0 = time.perf_counter()
         if how is not None:
             torch._dynamo.reset()
-            pipe.transformer = None
+            pipe.transformer = pipe.transformer_2 = None
             gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
-            transformer = fresh_transformer(config, device)
             if device == "cpu":  # FP8 GEMMs and inductor's GPU kernels need the GPU: only the compile path here
                 how = dataclasses.replace(how, fp8_layers=None)
-            pipe.transformer = accelerate(transformer, how, log=log)
+            first, second = fresh_experts(config, device, a14b)
+            pipe.transformer = accelerate(first, how, log=log)
+            pipe.transformer_2 = accelerate(second, how, log=log) if second is not None else None
+        experts = [t for t in (pipe.transformer, pipe.transformer_2) if t is not None]
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
-        # 1. One transformer forward (the warm-up call compiles the blocks for ours).
+        # 1. One transformer forward (the warm-up call compiles the blocks for ours, of each expert).
         with torch.no_grad():
             out = pipe.transformer(**inputs)[0]
+            for expert in experts[1:]:
+                expert(**inputs)
             compile_s = time.perf_counter() - t0 if how is not None else 0.0
             log(f"{variant}: first forward done {time.perf_counter() - t0:.0f}s after the build")
             forward_ms = timed_ms(lambda: pipe.transformer(**inputs), args.forward_repeats, warmup=False)
+        forward_of[variant] = forward_ms
         if variant == "eager":
             saved["forward"] = out.float().cpu().numpy()
         elif "forward" in reference:
@@ -437,15 +520,15 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. The distilled run: a random LoRA merged in, 4 steps, no CFG (also warms the text encoder and VAE).
         t1 = time.perf_counter()
-        undo = merge_lora(pipe.transformer, device)
+        undos = [merge_lora(expert, device) for expert in experts]
         _sync()
         log(f"{variant}: random rank-{LORA_RANK} LoRA merged into the block linears in {time.perf_counter() - t1:.1f}s")
         distilled_s, frames = generate(pipe, shape, args.distilled_steps, 1.0)
-        undo()
+        for undo in undos:
+            undo()
         saved["distilled"] = frames
         log(f"{variant}: {args.distilled_steps}-step distilled clip end to end {distilled_s:.1f}s")
-        add(f"{variant}_{args.distilled_steps}step_distilled", args.distilled_steps, forward_ms, distilled_s, frames,
-            "distilled")  # fmt: skip
+        add(variant, args.distilled_steps, args.distilled_steps, distilled_s, frames, "distilled")
 
         # 3. The parts around the steps, for the log (and an extrapolation if the real run does not fit).
         with torch.no_grad():
@@ -465,18 +548,18 @@ def main(argv: list[str] | None = None) -> int:
             e2e_s, frames = generate(pipe, shape, args.steps, CFG_SCALE)
             saved["cfg"] = frames
             log(f"{variant}: {args.steps}-step CFG clip end to end {e2e_s:.1f}s (estimate was {estimate_s:.0f}s)")
-            add(f"{variant}_{args.steps}step_cfg", args.steps, forward_ms, e2e_s, frames, "cfg")
+            add(variant, args.steps, 2 * args.steps, e2e_s, frames, "cfg")
         else:
             log(f"{variant}: {estimate_s:.0f}s would not fit in {budget.left():.0f}s left: extrapolated")
-            add(f"{variant}_{args.steps}step_cfg_extrapolated", args.steps, forward_ms, estimate_s, None, "cfg")
+            add(variant, args.steps, 2 * args.steps, estimate_s, None, "cfg_extrapolated")
 
         if variant == "eager" and args.save_reference:
             args.out.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(args.out / "wan_eager_reference.npz", **saved)
             log(f"wrote {args.out / 'wan_eager_reference.npz'} ({', '.join(saved)})")
 
-        # 5. Wan2.2-T2V-A14B: a second expert beside the first, switched at the boundary timestep.
-        if args.a14b:
+        # 5. With the 14b layout, Wan2.2-T2V-A14B too: a second expert beside the first, switched at the boundary.
+        if args.a14b and not a14b:
             a14b_estimate = estimate_s + 60
             if budget.fits(a14b_estimate):
                 from diffusers import WanPipeline
@@ -486,18 +569,65 @@ def main(argv: list[str] | None = None) -> int:
                 if how is not None:
                     expert_2 = accelerate(expert_2, how, log=log)
                 parts = {**pipe.components, "transformer_2": expert_2}
-                two = WanPipeline(**parts, boundary_ratio=tiny.BOUNDARY_RATIO)
+                two = WanPipeline(**{**parts, "boundary_ratio": tiny.BOUNDARY_RATIO})
                 two.set_progress_bar_config(disable=True)
                 log(f"{variant}: A14B second expert ready in {time.perf_counter() - t1:.0f}s")
                 e2e_s, _ = generate(two, shape, args.steps, CFG_SCALE)
                 log(f"{variant}: A14B {args.steps}-step CFG clip end to end {e2e_s:.1f}s")
-                add(f"{variant}_a14b_{args.steps}step_cfg", args.steps, forward_ms, e2e_s, None, "a14b")
+                add(variant, args.steps, 2 * args.steps, e2e_s, None, "a14b_cfg")
                 del two, expert_2
             else:
                 log(f"{variant}: A14B layout skipped ({a14b_estimate:.0f}s would not fit in {budget.left():.0f}s)")
 
         if variant == "eager" and not reference:
             reference = dict(saved)
+
+    if args.served:
+        # The same weights served: the checkpoint saved above, through our GPU profile in a real Triton (the served
+        # distilled run has no LoRA merged: a merged LoRA costs nothing per step, as timed in process above).
+        from perf.served import run_served
+
+        pipe = inputs = None
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        served = run_served(
+            "/wan2.6",
+            checkpoint_dir,
+            args.work / "served",
+            shape.width,
+            shape.height,
+            1,
+            log,
+            others={"distilled": {"steps": args.distilled_steps, "cfg": 1.0}},
+            restart=not args.no_restart,
+        )
+        served.image = served.image[:REFERENCE_FRAMES]
+        # ms per forward as ours runs it in process (the served path times whole clips only)
+        ours_ms = forward_of.get("registry", float("nan"))
+        row = dataclasses.replace(
+            served.row(device_name, model, shape.width, shape.height, args.steps, reference.get("cfg")),
+            variant="served_triton_cfg",
+        )
+        write(row, 2 * args.steps, ours_ms)
+        distilled_s = served.seconds_at["distilled"]
+        row = dataclasses.replace(
+            row,
+            variant="served_triton_distilled_no_lora",
+            steps=args.distilled_steps,
+            end_to_end_s=round(distilled_s, 2),
+            cost_usd=round(cost_usd(distilled_s), 5),
+            psnr_vs_eager_db=float("nan"),
+        )
+        write(row, args.distilled_steps, ours_ms)
+
+    if config["num_layers"] != full_blocks:
+        for row, forwards, forward_ms in list(measured):
+            if forward_ms == forward_ms:
+                extrapolated = full_depth(row, forwards, forward_ms, config["num_layers"], full_blocks)
+                log(json.dumps(asdict(extrapolated)))
+                rows.append(extrapolated)
+        write_outputs(rows, args.out, "wan")
     log(f"done, {budget.left():.0f}s of the budget left")
     return 0
 

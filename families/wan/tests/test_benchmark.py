@@ -1,9 +1,13 @@
 """The Wan GPU benchmark, checked on the CPU: the real configs agree with each other, the FP8 regex selects exactly
 the blocks' attention and FFN matmuls of the full 14B architecture (built on the meta device, no weights), and the
-FLOP formula matches torch's FLOP counter on the tiny transformer."""
+FLOP formula matches torch's FLOP counter on the tiny transformer, a run with fewer blocks is extrapolated to the
+full depth by its forwards' time."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from torch.utils.flop_counter import FlopCounterMode
@@ -63,3 +67,21 @@ def test_forward_flops_match_the_counter() -> None:
     tokens = benchmark.transformer_tokens(config, shape)
     attention = benchmark.forward_flops(config, shape) - benchmark.forward_flops(config, shape, attention=False)
     assert attention == config["num_layers"] * 4 * tokens * (tokens + benchmark.TEXT_TOKENS) * 24
+
+
+def test_a_shallow_run_is_extrapolated_to_full_depth_by_its_forwards() -> None:
+    from perf.report import Row
+
+    nan = float("nan")
+    measured = Row("H200", "wan", "registry_cfg", 832, 480, 30, 150.0, 12.0, 30.0, 0.7, 0.01, 44.0, 20.0)
+    full = benchmark.full_depth(measured, forwards=60, forward_ms=150.0, blocks=10, full_blocks=40)
+    # 60 forwards of 150 ms for 10 blocks: the other 30 blocks add 3 x 9 s
+    assert full.end_to_end_s == 12.0 + 27.0 and full.step_ms == 600.0
+    assert full.variant == "registry_cfg_40blocks_extrapolated"
+    served = dataclasses.replace(measured, variant="served_triton_cfg", step_ms=nan)
+    assert benchmark.full_depth(served, 60, 150.0, 10, 40).end_to_end_s == 39.0  # timed by ours in process
+
+
+def test_the_served_run_is_the_two_expert_route() -> None:
+    with pytest.raises(SystemExit):
+        benchmark.main(["--served", "--tiny"])  # /wan2.6 serves Wan2.2-T2V-A14B: --layout a14b
