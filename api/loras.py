@@ -1,6 +1,6 @@
 """The LoRA fields of a request (api.md) resolved to checked local files before the request queues: `lora_id` or
 `lora_name` from the store, then each `loras` item from the store or fetched (loras/). What crosses to Triton is the
-LoraSet: paths, content keys and scales (components/lora_weights.py); the models never see a name or a URL.
+LoraSet: paths, content keys and scales (components/lora_set.py); the models never see a name or a URL.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.lora_weights import LoraFile, LoraSet
+from components.lora_set import LoraFile, LoraSet
 from loras import Fetcher, FetchFailed, LoraNotFound, LoraStore, LoraTooLarge, UnsafeLora, UnsafeUrl, candidates
 from registry import Route, family_of
 

@@ -79,6 +79,22 @@ def map_triton_error(exc: InferenceServerException, retry_after_s: int, request_
     return ApiError(500, "the model failed")
 
 
+# How long an answered stream may take to end on Triton's side before it is cancelled.
+STREAM_CLOSE_S = 2.0
+
+
+async def _close(responses: Any) -> None:
+    """Let an answered stream end on Triton's side: a cancel of a stream whose answer is in races its end, and
+    Triton 2.51 then at times keeps the model's instance referenced, so the model can never unload (a stop waits for
+    it until the exit timeout)."""
+    try:
+        async with asyncio.timeout(STREAM_CLOSE_S):
+            async for _ in responses:
+                pass
+    except Exception:  # the answer is in: a stream that fails to end (Triton gone, a stall) is only cancelled
+        responses.cancel()
+
+
 class TritonBackend:
     """One async client per app, owned by the lifespan; its channel reconnects by itself after Triton restarts."""
 
@@ -154,6 +170,7 @@ class TritonBackend:
             await answered.wait()  # the stream stays open until the answer is in
 
         responses = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+        answer = None
         try:
             while True:
                 try:
@@ -166,12 +183,16 @@ class TritonBackend:
                     raise error
                 step = result.as_numpy(PROGRESS.name)
                 if step is None:
-                    return result
+                    answer = result
+                    break
                 if progress is not None:
                     progress(int(step[0]), int(step[1]))
         finally:
-            answered.set()
-            responses.cancel()  # a no-op once the stream has ended; otherwise Triton cancels the request
+            answered.set()  # the request side ends: Triton closes the stream once its responses are out
+            if answer is None:
+                responses.cancel()  # left early (an error, the caller gone): Triton cancels the request
+        await _close(responses)
+        return answer
 
     async def model_ready(self, model: str) -> bool:
         """Triton up and ready, and this model loaded and ready; False on any failure, never a hang."""

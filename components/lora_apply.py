@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from .fp8 import Fp8Linear
-from .lora_weights import LoraMismatch, LoraReader, LoraSet, LowRank, Lru, delta
+from .lora_set import LoraMismatch, LoraSet
+from .lora_weights import LoraReader, LowRank, Lru, delta
 
 # A separate projection -> (the fused projection diffusers' fuse_projections makes of it, its group in order).
 _FUSED = {

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from components.lora_weights import LoraMismatch, LoraSet
+from components.lora_set import LoraMismatch, LoraSet
 from registry import component_of, invalid_request_message
 from registry.tasks import LORAS
 
-from .onnx_loras import OnnxLoras
+if TYPE_CHECKING:
+    from .onnx_loras import OnnxLoras
 
 
 class TritonPythonModel:
@@ -33,6 +35,8 @@ class TritonPythonModel:
         family, component = component_of(self.model_name)
         self.loras: OnnxLoras | None = None
         if component.lora:
+            from .onnx_loras import OnnxLoras  # torch, for merging: only the components that take LoRAs load it
+
             module_dir = Path(params["checkpoint_dir"]) / component.subfolder
             self.loras = OnnxLoras(self.path, module_dir, family.pipeline_class, self._session)
             self.session = self.loras.base

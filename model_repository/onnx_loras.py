@@ -21,7 +21,8 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
-from components.lora_weights import LoraMismatch, LoraReader, LoraSet, Lru, merged
+from components.lora_set import LoraMismatch, LoraSet
+from components.lora_weights import LoraReader, Lru, merged
 
 ADAPTER_PREFIX = "model."  # components/adapters.py wraps each diffusers module as `.model`
 

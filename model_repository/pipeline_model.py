@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import triton_python_backend_utils as pb_utils
 
-from components.lora_weights import LoraSet
+from components.lora_set import LoraSet
 from registry import SOURCE_PARAMETER_PREFIX, TASKS, Kind, Task, TaskSpec, invalid_request_message
 from registry.tasks import CHECKPOINT, LORAS, MEDIA, MODEL, PIPELINE_S, PROGRESS
 

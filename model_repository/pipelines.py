@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from components.lora_weights import LoraSet
+from components.lora_set import LoraSet
 from families import hooks
 from registry import CHECKPOINTS, FAMILIES, TASKS, Field, Kind, Task, invalid_request_message
 

@@ -18,7 +18,7 @@ import torch
 from diffusers.configuration_utils import FrozenDict
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from components.lora_weights import LoraSet
+from components.lora_set import LoraSet
 from families import hooks
 from registry import Component
 from registry.tasks import LORAS

@@ -20,7 +20,8 @@ import triton_python_backend_utils as pb_utils
 from components.adapters import adapter_of
 from components.lora_apply import InPlaceLoras, base_copies
 from components.lora_merge import merge_lora
-from components.lora_weights import LoraMismatch, LoraReader, LoraSet
+from components.lora_set import LoraMismatch, LoraSet
+from components.lora_weights import LoraReader
 from registry import LORAS, component_of, invalid_request_message
 from registry.tasks import LORAS as LORAS_INPUT
 

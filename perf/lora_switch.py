@@ -182,7 +182,7 @@ def free(device: torch.device) -> None:
 
 
 def lora_set(path: Path, key: str, scale: float = 1.0):  # noqa: ANN201 - a LoraSet
-    from components.lora_weights import LoraFile, LoraSet
+    from components.lora_set import LoraFile, LoraSet
 
     return LoraSet((LoraFile(path=str(path), key=key, scale=scale, label=path.stem),))
 

@@ -30,6 +30,7 @@ def infer(url: str, model: str, inputs: dict[str, tuple[str, Any]], timeout_s: f
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: responses.put((result, error)), stream_timeout=timeout_s)
+    answered = False
     try:
         client.async_stream_infer(model, tensors)
         while True:
@@ -38,7 +39,10 @@ def infer(url: str, model: str, inputs: dict[str, tuple[str, Any]], timeout_s: f
                 raise RuntimeError(f"{model}: {error}")
             names = [o.name for o in result.get_response().outputs]
             if PROGRESS.name not in names:
+                answered = True
                 return {n: result.as_numpy(n) for n in names}
     finally:
-        client.stop_stream(cancel_requests=True)
+        # Cancel only a stream left early: a cancel racing an answered stream's end can keep Triton from ever
+        # unloading the model (api/triton_client.py _close).
+        client.stop_stream(cancel_requests=not answered)
         client.close()

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +76,16 @@ class ExportJob:
     loras: dict[str, Path]
     profile: str
     plans: list[str]  # components built as TensorRT plans on this profile
+    components: tuple[str, ...]  # the components it exports (those that run from a graph on this profile)
 
     def _runs(self, **kw: object) -> list[dict]:
         common = {"force": self.force, "labels": self.labels, "loras": self.loras, **kw}
-        runs = [export_family(self.family, self.served, self.onnx, profile=self.profile, **common)]
-        if self.plans:  # bf16 and fp8 plans are built from BF16 graphs (export/tensorrt_build.py GRAPH_DTYPES)
+        runs = [export_family(self.family, self.served, self.onnx, profile=self.profile, components=self.components,
+                              **common)]  # fmt: skip
+        plans = [p for p in self.plans if p in self.components]
+        if plans:  # bf16 and fp8 plans are built from BF16 graphs (export/tensorrt_build.py GRAPH_DTYPES)
             runs.append(
-                export_family(self.family, self.served, self.onnx, dtype="bfloat16", components=self.plans, **common)
+                export_family(self.family, self.served, self.onnx, dtype="bfloat16", components=plans, **common)
             )
         return runs
 
@@ -96,18 +99,20 @@ class ExportJob:
 
 
 def _run_exports(jobs: list[ExportJob], workers: int) -> list[list[str]]:
-    """Each family's exports, in `workers` processes at once where there are several (an export is mostly one
-    single-threaded trace; the manifest takes each component's record under a lock)."""
-    if workers > 1 and len(jobs) > 1:
-        jobs = [job for job in jobs if job.stale()]  # processes only for the families with work to do
+    """The exports, in `workers` processes at once where there are several (an export is mostly one single-threaded
+    trace; the manifest takes each component's record under a lock). With several workers each component is a job
+    of its own, so one family's long exports (Wan's VAE graphs) do not hold the other processes idle."""
+    if workers > 1:
+        jobs = [replace(job, components=(name,)) for job in jobs for name in job.components]
+        jobs = [job for job in jobs if job.stale()]  # processes only for the components with work to do
     if workers <= 1 or len(jobs) <= 1:
         return [job() for job in jobs]
     t0 = time.perf_counter()
-    # spawn: a forked torch process can hang in its thread pools.
+    # spawn: a forked torch process can hang in its thread pools. A worker takes the next job when it is free.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
         done = list(pool.map(ExportJob.__call__, jobs))
-    _log(f"exports of {len(jobs)} families in {min(workers, len(jobs))} processes: {time.perf_counter() - t0:.1f}s")
+    _log(f"exports of {len(jobs)} components in {min(workers, len(jobs))} processes: {time.perf_counter() - t0:.1f}s")
     return done
 
 
@@ -189,7 +194,8 @@ def build(
             continue
         plans = [c.triton_model for c in graphs if c.backend(profile) == "tensorrt"]
         labels = {k: resolved[k].label for k in served}
-        work[family] = ExportJob(family, served, dirs.onnx, force, labels, loras, profile, plans)
+        names = tuple(c.triton_model for c in graphs)
+        work[family] = ExportJob(family, served, dirs.onnx, force, labels, loras, profile, plans, names)
     for exported in _run_exports(list(work.values()), jobs):
         out.exported += exported
     for family, job in work.items():

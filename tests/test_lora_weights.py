@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from checkpoints.source import resolve
 from components.fp8 import Fp8Linear, quantize
 from components.lora_apply import InPlaceLoras, base_copies
-from components.lora_weights import LoraFile, LoraMismatch, LoraReader, LoraSet, sample_lora
+from components.lora_set import LoraFile, LoraMismatch, LoraSet
+from components.lora_weights import LoraReader, sample_lora
 from model_repository.onnx_loras import OnnxLoras
 
 CHECKPOINT = "flux-dev"
