@@ -116,6 +116,7 @@ GPU_PYTHON_PACKAGES: tuple[str, ...] = (
     "pydantic-settings>=2.3",
     "prometheus-client>=0.20",
     "pillow>=10",
+    "isal>=1.6",
     "av>=14",
     "ftfy>=6",
     "httpx>=0.27",

@@ -4,12 +4,15 @@ No `from __future__ import annotations` here: FastAPI reads each endpoint's body
 which is a model class built per route at start-up.
 """
 
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -106,10 +109,23 @@ def pipeline_inputs(route: Route, body: RequestBody, seed: int, prepared: Prepar
     return body.task.tensor_values(route, values, loras=prepared.loras)
 
 
+# Several images of one answer are encoded at once: the encoders release the GIL (perf/results/cpu/encode.md).
+_ENCODERS = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="encode")
+
+
 def _encode_all(result: PipelineResult, body: RequestBody) -> list[tuple[bytes, str]]:
     if body.task.output.kind == "video":  # N x F x H x W x 3: one clip per item
-        return [encode_video(clip, body.output_format, body.output_quality, body.fps) for clip in result.images]
-    return [encode_image(px, body.output_format, body.output_quality) for px in result.images]
+
+        def encode(clip: np.ndarray) -> tuple[bytes, str]:
+            return encode_video(clip, body.output_format, body.output_quality, body.fps)
+    else:
+
+        def encode(pixels: np.ndarray) -> tuple[bytes, str]:
+            return encode_image(pixels, body.output_format, body.output_quality)
+
+    if len(result.images) == 1:
+        return [encode(result.images[0])]
+    return list(_ENCODERS.map(encode, result.images))
 
 
 def prefers_async(request: Request) -> bool:

@@ -103,8 +103,10 @@ class TritonBackend:
         self.retry_after_s = retry_after_s
         self.probe_timeout_s = probe_timeout_s
         self.client = InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+        self._closing: set[asyncio.Task] = set()  # answered streams ending (held: the loop keeps weak references)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.client.close()
 
     async def infer(
@@ -191,7 +193,10 @@ class TritonBackend:
             answered.set()  # the request side ends: Triton closes the stream once its responses are out
             if answer is None:
                 responses.cancel()  # left early (an error, the caller gone): Triton cancels the request
-        await _close(responses)
+        # Off the answer's path: the caller has what it needs; the stream's end is Triton's bookkeeping.
+        closing = asyncio.create_task(_close(responses))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
         return answer
 
     async def model_ready(self, model: str) -> bool:
