@@ -13,8 +13,8 @@ api.md, "Request fields": video answers are `webp` (animated, the default the pr
   mapped onto CRF (_crf), the index (moov) first (`+faststart`) so a browser starts playing before the download ends.
   yuv420p needs even sizes: an odd width or height is padded by one edge-replicated pixel (encoded_size says so).
 
-Encoding is CPU-bound (1 to 2 s for 81 frames at 832x480, either format): async callers run it off the event loop,
-`await run_in_threadpool(encode_video, frames, fmt, quality, fps)`, as generate.py does for images.
+Encoding is CPU-bound (about a second for 81 frames at 832x480 on 2 cores, either format): async callers run it off
+the event loop, `await run_in_threadpool(encode_video, frames, fmt, quality, fps)`, as generate.py does for images.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import io
 import os
 import struct
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import av
 import numpy as np
@@ -81,6 +83,9 @@ def _check_args(frames: np.ndarray, fmt: str, quality: int, fps: int) -> None:
 
 # --- animated WebP ---
 
+# Its own pool: the API's pool for the images of an answer (generate.py) may be what called encode_video.
+_FRAME_ENCODERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="webp-frame")
+
 
 def _encode_webp(frames: np.ndarray, quality: int, fps: int) -> bytes:
     height, width = frames.shape[1:3]
@@ -90,13 +95,16 @@ def _encode_webp(frames: np.ndarray, quality: int, fps: int) -> bytes:
         # ANIM: background colour (unused: every frame covers the canvas) and loop count 0 = forever.
         _chunk(b"ANIM", bytes(4) + struct.pack("<H", 0)),
     ]
-    for index, pixels in enumerate(frames):
+    # The stills are independent and Pillow's WebP encoder releases the GIL: encoded at once, one thread a core
+    # (the same bytes; perf/results/cpu/encode.md).
+    stills = list(_FRAME_ENCODERS.map(partial(_webp_still, quality=quality), frames))
+    for index, still in enumerate(stills):
         # Durations are whole ms: each frame ends at round((i + 1) * 1000 / fps), so 16 fps alternates 62 and 63 ms
         # and the clip lasts exactly num_frames / fps seconds instead of drifting.
         duration = round((index + 1) * 1000 / fps) - round(index * 1000 / fps)
         # ANMF: x/2, y/2 = 0; width-1, height-1; duration; flags 0x02 = do not blend, no disposal; then the bitstream.
         header = _u24(0) + _u24(0) + _u24(width - 1) + _u24(height - 1) + _u24(duration) + bytes([0x02])
-        chunks.append(_chunk(b"ANMF", header + _webp_still(pixels, quality)))
+        chunks.append(_chunk(b"ANMF", header + still))
     body = b"WEBP" + b"".join(chunks)
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
