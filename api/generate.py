@@ -151,10 +151,12 @@ class Generation:
         backend: TritonBackend,
         progress: Progress | None = None,
         started: Callable[[], None] | None = None,
+        deadline_s: float | None = None,
     ) -> Generated:
+        """The generation, bounded by the route's limit and, given `deadline_s`, done that many seconds after the
+        request's arrival (RYLA_ANSWER_DEADLINE_S, for synchronous answers: a job's answer is read later)."""
         route, body = self.route, self.body
         timeout_s = state.settings.timeout_of(route.timeout_s)
-        deadline_s = state.settings.answer_deadline_s
         left_s = None if deadline_s is None else deadline_s - (time.perf_counter() - self.arrival)
         async with state.gates[route.group].slot(max_wait_s=left_s) as queue_s:
             if started is not None:
@@ -195,8 +197,12 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
         generation = Generation(route, body, seed, prepared, request.state.request_id, request.state.arrival)
         settings = state.settings
 
-        async def answer(progress: Progress | None = None, started: Callable[[], None] | None = None) -> StoredAnswer:
-            generated = await generation.run(state, backend, progress, started)
+        async def answer(
+            progress: Progress | None = None,
+            started: Callable[[], None] | None = None,
+            deadline_s: float | None = None,
+        ) -> StoredAnswer:
+            generated = await generation.run(state, backend, progress, started, deadline_s)
             return answer_of(generated, settings.gpu_type, settings.price)
 
         if prefers_async(request):
@@ -207,7 +213,7 @@ def generation_endpoint(route: Route) -> Callable[..., Awaitable[Response]]:
             headers = {"Location": urls["status_url"], "Preference-Applied": "respond-async"}
             return JSONResponse({"id": job.id, **urls}, status_code=202, headers=headers)
         # A client that leaves gives up its place in the queue, or its generation within one step.
-        stored = await unless_client_leaves(request.receive, answer())
+        stored = await unless_client_leaves(request.receive, answer(deadline_s=settings.answer_deadline_s))
         return await run_in_threadpool(response_of, stored, as_json)
 
     generate.__name__ = "generate_" + route.path.strip("/").replace("-", "_").replace(".", "_")

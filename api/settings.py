@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     # Seconds from a request's arrival by which its generation must be done, queueing included; the route's limit
     # shrinks to fit. Set where a proxy cuts long requests short: Modal's web endpoints turn an answer later than
     # 150 s into a redirect to poll, which a client that reads raw bytes may not follow. None: the route's limit alone.
+    # Jobs are not bound by it: their answers are read later, from the job.
     answer_deadline_s: float | None = Field(default=None, gt=0)
     # Bound on the readiness / model-config calls of /ready and /v1/models, so a hung Triton cannot hang them.
     probe_timeout_s: float = Field(default=2.0, gt=0)

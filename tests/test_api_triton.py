@@ -45,6 +45,7 @@ PIPELINE = pipeline_model_of("/flux")
 GROUP = ROUTES["/flux"].group
 STAND_IN_ROUTES = {p: r for p, r in ROUTES.items() if r.group == GROUP}
 assert all(pipeline_model_of(p) == PIPELINE for p in STAND_IN_ROUTES), "one stand-in serves the group's routes"
+ASYNC = {"Prefer": "respond-async"}
 SMALL = {"width": 256, "height": 256, "steps": 1}
 TIMEOUT_S = 2.0  # RYLA_GENERATION_TIMEOUT_S of the API under test
 TOKEN_LIMIT = invalid_request_message("prompt", "the prompt is over the text encoder's token limit")
@@ -416,3 +417,11 @@ async def test_answer_deadline_bounds_queue_and_generation(triton: TritonServer)
             assert [h.status_code for h in await asyncio.gather(*holders)] == [200] * group.max_concurrency
             assert queued.status_code == 504, queued.text
             assert deadline <= waited < deadline + 1.0
+
+            # A job is not an answer a proxy can cut short: the deadline does not bound it, the route's limit does.
+            job = await c.post("/flux", json={"prompt": f"sleep:{deadline + 1.0}", **SMALL}, headers=ASYNC)
+            assert job.status_code == 202, job.text
+            while (status := (await c.get(job.json()["status_url"])).json())["status"] in ("queued", "running"):
+                await asyncio.sleep(0.1)
+            assert status["status"] == "succeeded", status
+            assert (await c.get(job.json()["result_url"])).status_code == 200
