@@ -8,6 +8,11 @@ MFU against the H100's dense BF16 peak (FLOPs from torch.utils.flop_counter), co
 image against the eager BF16 image on the same seed. Writes a CSV and a PNG plot.
 
     python -m families.flux.benchmark --model dev --out perf/results/h100 --variants eager,compile,compile_fp8
+    python -m families.flux.benchmark --model dev --variants eager,compile_fp8,cache_dit,cache_dit_dbcache_lossy
+
+`cache_dit` is the peer (perf/peers.py) on a fresh copy of the same weights: FP8 per-row through torchao and its
+compile settings, no cache; `cache_dit_dbcache_lossy` adds its DBCache (a different image). Needs the cache-dit and
+torchao wheels on the GPU machine. The log ends with the ratio of our fastest variant to each peer row.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 
 from model_repository.accelerate import Acceleration, accelerate, enable_compile_cache
 from perf.metrics import cost_usd, mfu, psnr
+from perf.peers import CACHE_DIT_VARIANTS, cache_dit_peer, release_cache
 from perf.report import Row, cuda_ms, log, transformer_flops, write_outputs
 from perf.served import PROMPT, SEED, run_served
 from registry import CHECKPOINTS, ROUTES, Guidance, component_of
@@ -102,12 +108,25 @@ VARIANTS: dict[str, Acceleration | None] = {
 }
 
 
-def build_pipeline(model: str, tokenizer_dir: Path):  # noqa: ANN201 - a FluxPipeline
-    """FLUX.1-`model` with random weights on the GPU in BF16; the tiny checkpoint lends tokenizers and scheduler."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+def fresh_transformer(model: str) -> torch.nn.Module:
+    """FLUX.1-`model`'s transformer with its random weights in BF16 on the GPU, the same on every call (one seed)."""
+    from diffusers import FluxTransformer2DModel
 
     _, guidance, _, _ = MODELS[model]
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            torch.manual_seed(1 if model == "dev" else 2)
+            return FluxTransformer2DModel(**FLUX_TRANSFORMER, guidance_embeds=guidance).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def build_pipeline(model: str, tokenizer_dir: Path):  # noqa: ANN201 - a FluxPipeline
+    """FLUX.1-`model` with random weights on the GPU in BF16; the tiny checkpoint lends tokenizers and scheduler."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device("cuda"):
@@ -115,10 +134,9 @@ def build_pipeline(model: str, tokenizer_dir: Path):  # noqa: ANN201 - a FluxPip
             text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L)).eval()
             text_encoder_2 = T5EncoderModel(T5Config(**T5_XXL)).eval()
             vae = AutoencoderKL(**FLUX_VAE).eval()
-            torch.manual_seed(1 if model == "dev" else 2)
-            transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER, guidance_embeds=guidance).eval()
     finally:
         torch.set_default_dtype(torch.float32)
+    transformer = fresh_transformer(model)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(tokenizer_dir, subfolder="scheduler")
     return FluxPipeline(
         scheduler=scheduler,
@@ -197,17 +215,31 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
         return pipe.transformer(**inputs)
 
     eager_image = None
+    peer_before = False  # the transformer in the pipeline is a peer's
     for variant in args.variants.split(","):
-        how = VARIANTS[variant]
+        peer = variant in CACHE_DIT_VARIANTS
+        how = None if peer else VARIANTS[variant]
         t0 = time.perf_counter()
-        if how is not None:
+        if peer or peer_before:
+            torch._dynamo.reset()
+            pipe.transformer = None
+            gc.collect()
+            torch.cuda.empty_cache()
+            pipe.transformer = fresh_transformer(model)
+        if peer:
+            cache_dit_peer(pipe, pipe.transformer, cache=CACHE_DIT_VARIANTS[variant], log=log)
+        elif how is not None:
             pipe.transformer.__dict__.pop("forward", None)  # back to the uncompiled forward
             torch._dynamo.reset()
             accelerate(pipe.transformer, how, log=log)
+        peer_before = peer
         torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
-            step_ms = cuda_ms(step, args.step_repeats)
-        compile_s = time.perf_counter() - t0 if how is not None and how.compile else 0.0
+        if peer and CACHE_DIT_VARIANTS[variant]:
+            step_ms = float("nan")  # a cached step costs what the cache decides; its hooks live in a pipeline call
+        else:
+            with torch.no_grad():
+                step_ms = cuda_ms(step, args.step_repeats)
+        compile_s = time.perf_counter() - t0 if peer or (how is not None and how.compile) else 0.0
         log(f"{model}/{variant}: {step_ms:.1f} ms per step (ready after {compile_s:.0f}s incl. compile)")
         e2e_s, image = end_to_end(pipe, model, args.width, args.height, args.e2e_repeats)
         if variant == "eager":
@@ -230,6 +262,9 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
         log(json.dumps(asdict(row)))
         rows.append(row)
         write_outputs(rows, args.out, "flux")
+        if peer and CACHE_DIT_VARIANTS[variant]:
+            release_cache(pipe)
+    log_peer_ratios([r for r in rows if r.model == f"flux-{model}"])
     if not args.served:
         return
     pipe = inputs = None  # free the in-process pipeline: the served one needs the GPU
@@ -251,6 +286,20 @@ def bench_model(model: str, args: argparse.Namespace, device: str, rows: list[Ro
     log(json.dumps(asdict(row)))
     rows.append(row)
     write_outputs(rows, args.out, "flux")
+
+
+def log_peer_ratios(rows: list[Row]) -> None:
+    """Our fastest variant's end to end over each peer row's (below 1: ours is faster)."""
+    ours = [r for r in rows if r.variant != "eager" and r.variant not in CACHE_DIT_VARIANTS]
+    if not ours:
+        return
+    best = min(ours, key=lambda r: r.end_to_end_s)
+    for peer in (r for r in rows if r.variant in CACHE_DIT_VARIANTS):
+        log(
+            f"ours ({best.variant}) / {peer.variant}: {best.end_to_end_s / peer.end_to_end_s:.2f} "
+            f"({best.end_to_end_s:.3f} s vs {peer.end_to_end_s:.3f} s; PSNR vs eager {best.psnr_vs_eager_db} vs "
+            f"{peer.psnr_vs_eager_db} dB)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
