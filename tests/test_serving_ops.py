@@ -30,7 +30,7 @@ def test_the_benchmarks_stream_client_gets_the_pipelines_answer(triton: TritonSe
     from perf.triton_stream import infer
 
     route, size = ROUTES[PATH], ROUTES[PATH].limits.min_size
-    out = infer(triton.grpc_url, pipeline_model_of(PATH), _request(PATH, size, size, steps=2), timeout_s=120)
+    out = infer(triton.grpc_url, pipeline_model_of(PATH), _request(PATH, size, size, {"steps": 2}), timeout_s=120)
     assert out["IMAGES"].shape == (1, size, size, 3) and out["IMAGES"].dtype == np.uint8
     assert out["MODEL"].tobytes().decode().startswith("local:") and float(out["PIPELINE_S"][0]) > 0, route
 
