@@ -186,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         others={"short": {"steps": args.short_steps}},
         restart=args.restart,
     )
-    served_step = per_step_s(
-        {args.short_steps: served.seconds_at["short"], args.steps: served.end_to_end_s}
-    )
+    served_step = per_step_s({args.short_steps: served.seconds_at["short"], args.steps: served.end_to_end_s})
     quality = psnr(served.image, plain_image)
     row(
         "served_triton",
