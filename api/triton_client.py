@@ -84,9 +84,9 @@ STREAM_CLOSE_S = 2.0
 
 
 async def _close(responses: Any) -> None:
-    """Let an answered stream end on Triton's side: a cancel of a stream whose answer is in races its end, and
-    Triton 2.51 then at times keeps the model's instance referenced, so the model can never unload (a stop waits for
-    it until the exit timeout)."""
+    """Let a stream whose last response is in (an answer or an error) end on Triton's side: a cancel of such a
+    stream races its end, and Triton 2.51 then at times keeps the model's instance referenced, so the model can never
+    unload (a stop waits for it until the exit timeout)."""
     try:
         async with asyncio.timeout(STREAM_CLOSE_S):
             async for _ in responses:
@@ -172,7 +172,7 @@ class TritonBackend:
             await answered.wait()  # the stream stays open until the answer is in
 
         responses = self.client.stream_infer(requests(), stream_timeout=timeout_s)
-        answer = None
+        ended = False  # the model's last response is in: its answer, or its error
         try:
             while True:
                 try:
@@ -182,22 +182,23 @@ class TritonBackend:
                 except StopAsyncIteration:
                     raise InferenceServerException("the stream ended without an answer") from None
                 if error is not None:
+                    ended = True
                     raise error
                 step = result.as_numpy(PROGRESS.name)
                 if step is None:
-                    answer = result
-                    break
+                    ended = True
+                    return result
                 if progress is not None:
                     progress(int(step[0]), int(step[1]))
         finally:
             answered.set()  # the request side ends: Triton closes the stream once its responses are out
-            if answer is None:
-                responses.cancel()  # left early (an error, the caller gone): Triton cancels the request
-        # Off the answer's path: the caller has what it needs; the stream's end is Triton's bookkeeping.
-        closing = asyncio.create_task(_close(responses))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
-        return answer
+            if ended:
+                # Off the answer's path: the caller has what it needs; the stream's end is Triton's bookkeeping.
+                closing = asyncio.create_task(_close(responses))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+            else:
+                responses.cancel()  # left early (the caller gone, the deadline): Triton cancels the request
 
     async def model_ready(self, model: str) -> bool:
         """Triton up and ready, and this model loaded and ready; False on any failure, never a hang."""

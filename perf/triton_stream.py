@@ -30,19 +30,20 @@ def infer(url: str, model: str, inputs: dict[str, tuple[str, Any]], timeout_s: f
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: responses.put((result, error)), stream_timeout=timeout_s)
-    answered = False
+    ended = False  # the model's last response is in: its answer, or its error
     try:
         client.async_stream_infer(model, tensors)
         while True:
             result, error = responses.get(timeout=timeout_s)
             if error is not None:
+                ended = True
                 raise RuntimeError(f"{model}: {error}")
             names = [o.name for o in result.get_response().outputs]
             if PROGRESS.name not in names:
-                answered = True
+                ended = True
                 return {n: result.as_numpy(n) for n in names}
     finally:
-        # Cancel only a stream left early: a cancel racing an answered stream's end can keep Triton from ever
-        # unloading the model (api/triton_client.py _close).
-        client.stop_stream(cancel_requests=not answered)
+        # Cancel only a stream left early: a cancel racing the end of a stream whose last response is in can keep
+        # Triton from ever unloading the model (api/triton_client.py _close).
+        client.stop_stream(cancel_requests=not ended)
         client.close()

@@ -50,10 +50,15 @@ def test_serve_answers_and_stops_on_ctrl_c(model_repository) -> None:
         body = sample_body(ROUTES[PATH], steps=1, size=ROUTES[PATH].limits.min_size)
         r = httpx.post(f"http://127.0.0.1:{api}{PATH}", json=body, timeout=120)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
-        # A few more answered streams and a job: a cancel racing an answered stream's end once kept Triton from
-        # unloading the pipeline model (about one stream in three), so every stop waited out Triton's exit timeout.
+        # A few more answered streams, streams the model refuses and a job: a cancel racing the end of a stream whose
+        # last response was in once kept Triton from unloading the pipeline model (about one stream in three), so
+        # every stop waited out Triton's exit timeout.
         for _ in range(4):
             assert httpx.post(f"http://127.0.0.1:{api}{PATH}", json=body, timeout=120).status_code == 200
+        too_long = {**body, "prompt": "fox " * 900}  # under the API's character limit, over the encoder's tokens
+        for _ in range(3):
+            refused = httpx.post(f"http://127.0.0.1:{api}{PATH}", json=too_long, timeout=120)
+            assert refused.status_code == 422 and refused.json()["error"]["field"] == "prompt", refused.text
         job = httpx.post(f"http://127.0.0.1:{api}{PATH}", json=body, headers={"Prefer": "respond-async"}, timeout=60)
         status_url = f"http://127.0.0.1:{api}{job.json()['status_url']}"
         while (status := httpx.get(status_url, timeout=10).json()["status"]) in ("queued", "running"):
