@@ -117,6 +117,7 @@ GPU_PYTHON_PACKAGES: tuple[str, ...] = (
     "prometheus-client>=0.20",
     "pillow>=10",
     "isal>=1.6",
+    "opencv-python-headless>=4.10,<4.12",
     "av>=14",
     "ftfy>=6",
     "httpx>=0.27",
