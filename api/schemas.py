@@ -158,7 +158,8 @@ def _annotation(f: TaskField, route: Route) -> Any:
         rules["description"] = VIDEO_DESCRIPTION if f.kind is Kind.VIDEO else MEDIA_DESCRIPTION
     annotation: Any = Annotated[base, Field(**rules), *extra]
     if f.items is not None:
-        annotation = Annotated[list[annotation], Field(max_length=resolve(f.max_length, route))]  # type: ignore[valid-type]
+        sizes = {"min_length": f.min_items} if f.min_items else {}
+        annotation = Annotated[list[annotation], Field(max_length=resolve(f.max_length, route), **sizes)]  # type: ignore[valid-type]
     if not f.required and resolve(f.default, route) is None:
         annotation = annotation | None
     if f.blank_is_none:

@@ -84,6 +84,7 @@ class Field:
     # them too is a conflict
     sets: tuple[str, ...] = ()
     items: int | None = None  # a list field: the tensor slots it crosses as (max_length bounds the list per route)
+    min_items: int = 0  # a list field: the fewest values it takes when sent (an empty list is then a 422)
     not_blank: bool = False  # text that is only whitespace is invalid
     blank_is_none: bool = False  # text that is only whitespace counts as not sent
     token_limit: bool = False  # text whose token count the pipeline model checks against the checkpoint's limit
@@ -542,6 +543,7 @@ TASKS: dict[Task, TaskSpec] = {
                     "REFERENCE_VIDEOS",
                     "Instead of reference_video: up to three clips of the character, a key frame of each",
                     items=3,
+                    min_items=1,  # the alternative of reference_video: [] is no reference at all
                     max_length=FromRoute("limits.max_reference_videos"),
                 ),
             ),

@@ -116,6 +116,7 @@ def test_r2v_takes_several_reference_videos_and_the_reference_matters(client: ht
     ("extra", "field"),
     [
         ({"reference_videos": [_clip((1, 2))] * 4}, "reference_videos"),  # over three
+        ({"reference_videos": []}, "reference_videos"),  # none at all (was a 500, found by the fuzz test)
         ({"reference_video": _clip((1, 2)), "reference_videos": [_clip((1, 2))]}, "reference_videos"),  # both
         ({}, "reference_video"),  # neither
         ({"num_frames": 5, "reference_videos": [_clip((1, 2))] * 3}, "reference_videos"),  # 2 latent frames, 3 refs
