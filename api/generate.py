@@ -52,7 +52,8 @@ def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
         if value is None:
             continue
         if f.kind is Kind.VIDEO:
-            media[f.name] = decode_key_frames(route, f.name, value, clip_frames(body))
+            num_frames = body.task.resolved(route, dict(body))["num_frames"]  # sent as num_frames or length
+            media[f.name] = decode_key_frames(route, f.name, value, num_frames)
             continue
         mode = "L" if f.kind is Kind.MASK else "RGB"
         if f.items is None:
@@ -64,12 +65,6 @@ def decode_media(route: Route, body: RequestBody) -> dict[str, Any]:
         if f.same_size_as and f.same_size_as in media:
             check_same_size(media[f.same_size_as], media[f.name], f.name, f.same_size_as)
     return media
-
-
-def clip_frames(body: RequestBody) -> int:
-    """The frames of the clip asked for, under either of its names."""
-    length = getattr(body, "length", None)
-    return length if length is not None else body.num_frames  # type: ignore[attr-defined]
 
 
 def decode_key_frames(route: Route, name: str, value: str | list[str], num_frames: int) -> Any:

@@ -187,17 +187,23 @@ class TaskSpec:
         """The pipeline model's request tensors: the checkpoint key, the LoRA set, then each field's."""
         return (CHECKPOINT, LORAS, *(t for f in self.fields for t in f.tensors()))
 
-    def tensor_values(self, route: Route, values: Mapping[str, Any], loras: str | None = None) -> dict[str, Any]:
-        """The pipeline model inputs of one request, by tensor name, from its field values (defaults applied,
-        media decoded: arrays in the layout of their tensors) and its resolved LoRA set (LoraSet.encode; None: the
-        base model). A list field's missing items are None (optional inputs left out); a preset (aspect_ratio)
-        sets the fields it names."""
+    def resolved(self, route: Route, values: Mapping[str, Any]) -> dict[str, Any]:
+        """`values` with what a preset sets (aspect_ratio -> width, height) and what another name gives its field
+        (length -> num_frames)."""
         values = dict(values)
         for f in self.fields_of(route):
             if f.sets and values.get(f.name) is not None:
                 values.update(f.presets_of(route)[values[f.name]])
             if f.alias_of and values.get(f.name) is not None:
                 values[f.alias_of] = values[f.name]
+        return values
+
+    def tensor_values(self, route: Route, values: Mapping[str, Any], loras: str | None = None) -> dict[str, Any]:
+        """The pipeline model inputs of one request, by tensor name, from its field values (defaults applied,
+        media decoded: arrays in the layout of their tensors) and its resolved LoRA set (LoraSet.encode; None: the
+        base model). A list field's missing items are None (optional inputs left out); a preset (aspect_ratio)
+        sets the fields it names."""
+        values = self.resolved(route, values)
         out: dict[str, Any] = {CHECKPOINT.name: route.checkpoint, LORAS.name: loras}
         for f in self.fields_of(route):
             tensors = f.tensors()

@@ -251,7 +251,6 @@ def full_depth(row: Row, forwards: int, forward_ms: float, blocks: int, full_blo
         step_ms=round(row.step_ms * full_blocks / blocks, 1) if row.step_ms == row.step_ms else row.step_ms,
         end_to_end_s=round(e2e_s, 2),
         cost_usd=round(cost_usd(e2e_s), 5),
-        mfu=row.mfu,
     )
 
 
