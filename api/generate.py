@@ -109,14 +109,12 @@ _ENCODERS = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_n
 
 
 def _encode_all(result: PipelineResult, body: RequestBody) -> list[tuple[bytes, str]]:
-    if body.task.output.kind == "video":  # N x F x H x W x 3: one clip per item
+    video = body.task.output.kind == "video"  # N x F x H x W x 3: one clip per item
 
-        def encode(clip: np.ndarray) -> tuple[bytes, str]:
-            return encode_video(clip, body.output_format, body.output_quality, body.fps)
-    else:
-
-        def encode(pixels: np.ndarray) -> tuple[bytes, str]:
-            return encode_image(pixels, body.output_format, body.output_quality)
+    def encode(item: np.ndarray) -> tuple[bytes, str]:
+        if video:
+            return encode_video(item, body.output_format, body.output_quality, body.fps)
+        return encode_image(item, body.output_format, body.output_quality)
 
     if len(result.images) == 1:
         return [encode(result.images[0])]
